@@ -1,0 +1,170 @@
+"""Content-addressed artifact cache shared by every pipeline stage.
+
+An artifact is a directory of files plus `manifest.json`. Its key is a hash of its kind, its inputs (configs,
+upstream artifact keys) and the code-version salt, so changing any input gives a new artifact and rerunning the
+same inputs reuses the old one. Builds happen in a temporary directory that is renamed into place only when
+complete, under a file lock, so a crash or a concurrent process never exposes a partial artifact. Every reuse
+checks the files against the hashes in the manifest; a corrupted artifact is reported by name and rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from bench import CODE_VERSION
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def content_hash(obj: Any, length: int = 20) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename: readers see the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any, *, indent: int | None = 1) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=indent, sort_keys=True) + "\n").encode())
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock held for the duration of the block (released if the process dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    kind: str
+    key: str
+    path: Path
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def read_json(self, name: str) -> Any:
+        return json.loads(self.file(name).read_text())
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.path / MANIFEST).read_text())
+
+
+class ArtifactCache:
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    def key(self, kind: str, inputs: dict) -> str:
+        return content_hash({"kind": kind, "inputs": inputs, "code_version": CODE_VERSION})
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / key
+
+    def get_or_build(self, kind: str, inputs: dict, build: Callable[[Path], None]) -> Artifact:
+        """Return the verified artifact for `inputs`, building it with `build(tmp_dir)` if absent or corrupt."""
+        key = self.key(kind, inputs)
+        final = self.path(kind, key)
+        with file_lock(self.root / kind / f".{key}.lock"):
+            if final.exists():
+                problem = verify(final)
+                if problem is None:
+                    return Artifact(kind, key, final)
+                log.warning("artifact %s/%s is corrupted (%s); rebuilding it", kind, key, problem)
+                shutil.rmtree(final)
+            tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}.building."))
+            try:
+                started = time.time()
+                build(tmp)
+                write_manifest(tmp, kind, key, inputs, seconds=time.time() - started)
+                os.replace(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return Artifact(kind, key, final)
+
+    def load(self, kind: str, key: str) -> Artifact:
+        """Open an artifact that must already exist (e.g. in a trial worker), verifying it."""
+        path = self.path(kind, key)
+        problem = verify(path) if path.exists() else "it does not exist"
+        if problem is not None:
+            raise FileNotFoundError(f"artifact {kind}/{key} cannot be used: {problem}")
+        return Artifact(kind, key, path)
+
+    def entries(self) -> list[Artifact]:
+        found = []
+        for manifest in sorted(self.root.glob(f"*/*/{MANIFEST}")):
+            found.append(Artifact(manifest.parent.parent.name, manifest.parent.name, manifest.parent))
+        return found
+
+
+def write_manifest(directory: Path, kind: str, key: str, inputs: dict, **extra) -> None:
+    files = {
+        str(p.relative_to(directory)): file_sha256(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    manifest = {"kind": kind, "key": key, "inputs": inputs, "code_version": CODE_VERSION, "files": files, **extra}
+    atomic_write_json(directory / MANIFEST, manifest)
+
+
+def verify(directory: Path) -> str | None:
+    """None if every file listed in the manifest is present with its recorded hash, else what is wrong."""
+    manifest_path = directory / MANIFEST
+    if not manifest_path.exists():
+        return "its manifest is missing"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError:
+        return "its manifest is unreadable"
+    for name, digest in manifest.get("files", {}).items():
+        path = directory / name
+        if not path.exists():
+            return f"{name} is missing"
+        if file_sha256(path) != digest:
+            return f"{name} does not match its recorded hash"
+    return None

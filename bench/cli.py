@@ -1,0 +1,129 @@
+"""The `bench` command line. Exit codes: 0 all good; 2 bad input (nothing written); 1 a trial or stage failed."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from bench.errors import BadInput, RuntimeFailure
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ls = sub.add_parser("ls", help="list methods, tasks or profiles")
+    ls.add_argument("what", choices=["methods", "tasks", "profiles"])
+
+    run = sub.add_parser("run", help="run methods on a task over seeds and write its leaderboard")
+    run.add_argument("--methods", default="all", help="all, or NAME[,NAME...] (see `bench ls methods`)")
+    run.add_argument("--task", required=True, help="task name (see `bench ls tasks`)")
+    run.add_argument("--profile", default="default", help="task profile (see `bench ls profiles`)")
+    run.add_argument("--seeds", type=int, default=5, help="number of seeds per method (seeds 0..N-1)")
+    run.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where trials and artifacts are stored")
+    run.add_argument("--leaderboards-dir", type=Path, default=Path("leaderboards"))
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a setting: METHOD.KEY=V, task.KEY=V, or KEY=V for every method that has KEY")
+    run.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. auto) instead of local Ray")
+    run.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (fractions allowed)")
+    run.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+
+    board = sub.add_parser("leaderboard", help="rebuild leaderboards from stored runs")
+    board.add_argument("--task", default=None, help="one task (default: every task with stored runs)")
+    board.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    board.add_argument("--leaderboards-dir", type=Path, default=Path("leaderboards"))
+    return parser
+
+
+def cmd_ls(args, console) -> int:
+    from bench import registry
+
+    if args.what == "methods":
+        for name, cls in registry.methods().items():
+            print(f"{name:16s} {cls.description}")
+    elif args.what == "tasks":
+        for name, cls in registry.tasks().items():
+            print(f"{name:16s} {cls.description}")
+    else:
+        for name, cls in registry.tasks().items():
+            for profile, spec in cls.profiles.items():
+                print(f"{name + ':' + profile:24s} {spec.description}")
+    return 0
+
+
+def cmd_run(args, console) -> int:
+    from bench import pipeline
+
+    request = pipeline.RunRequest(
+        task=args.task, methods=args.methods, profile=args.profile, seeds=args.seeds, runs_dir=args.runs_dir,
+        leaderboards_dir=args.leaderboards_dir, assignments=args.set, address=args.address,
+        gpus_per_trial=args.gpus_per_trial, bootstrap=args.bootstrap,
+    )
+    plan = pipeline.plan(request)
+    doc = pipeline.execute_plan(plan, console)
+    print_summary(doc, console)
+    failed = sum(len(r["failures"]) for r in doc["rows"])
+    if failed:
+        console.print(f"[red]{failed} trial(s) failed[/red]; their errors are in the leaderboard.")
+        return 1
+    return 0
+
+
+def cmd_leaderboard(args, console) -> int:
+    from bench import leaderboard
+
+    tasks = [args.task] if args.task else leaderboard.tasks_with_runs(args.runs_dir)
+    if not tasks:
+        raise BadInput(f"no stored runs under {args.runs_dir}; run `bench run --task NAME` first.")
+    for task in tasks:
+        doc = leaderboard.build(leaderboard.latest_group(args.runs_dir, task))
+        json_path, md_path = leaderboard.write(doc, args.leaderboards_dir)
+        console.print(f"wrote {md_path} and {json_path}")
+    return 0
+
+
+def print_summary(doc, console) -> None:
+    from rich.table import Table
+
+    from bench.leaderboard import HEADINGS
+
+    shown = ["roc_auc", "pair_accuracy", "centred_pearson", "starc", "seed_ambiguity"]
+    table = Table(title=f"{doc['task']} ({doc['profile']}): mean [95% CI]")
+    table.add_column("method")
+    table.add_column("seeds")
+    for m in shown:
+        table.add_column(HEADINGS[m])
+    for row in doc["rows"]:
+        cells = []
+        for m in shown:
+            stat = row["metrics"].get(m)
+            cells.append("–" if not stat or stat["mean"] is None
+                         else f"{stat['mean']:.3f} [{stat['ci'][0]:.3f}, {stat['ci'][1]:.3f}]")
+        seeds = f"{row['n_seeds']}" + (f" ({len(row['failures'])} failed)" if row["failures"] else "")
+        table.add_row(row["method"], seeds, *cells)
+    console.print(table)
+
+
+def main(argv=None) -> int:
+    from rich.console import Console
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    console = Console(stderr=False)
+    args = build_parser().parse_args(argv)
+    handlers = {"ls": cmd_ls, "run": cmd_run, "leaderboard": cmd_leaderboard}
+    try:
+        return handlers[args.command](args, console)
+    except (BadInput, RuntimeFailure) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; finished trials are kept and a rerun continues from them.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Leaderboards: `leaderboards/<task>.{json,md}` built only from what a run stored, so rebuilding is exact.
+
+A `bench run` records its selection (task data, methods, configs, seeds, trial ids, provenance) in
+`<runs>/<task>/<group>/selection.json`; `runs/<task>/latest.json` names the group. The leaderboard reads that and the
+trial result files; nothing in it depends on the time or machine it is rebuilt on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.artifacts import atomic_write_bytes, atomic_write_json
+from bench.data import TaskData
+from bench.errors import BadInput
+from bench.runner import read_result
+from bench.scoring import METRICS, score_methods
+
+SCHEMA_VERSION = 1
+PRIMARY = "roc_auc"
+COLUMNS = ["roc_auc", "pair_accuracy", "ordering_agreement", "accuracy", "f1", "pearson", "spearman", "kendall",
+           "centred_pearson", "starc", "seed_ambiguity", "pair_accuracy_seed_std"]
+HEADINGS = {"roc_auc": "ROC-AUC", "pair_accuracy": "pair acc", "ordering_agreement": "R* order", "accuracy": "acc",
+            "f1": "F1", "pearson": "Pearson", "spearman": "Spearman", "kendall": "Kendall τ",
+            "centred_pearson": "centred r", "starc": "STARC", "seed_ambiguity": "ambiguity",
+            "pair_accuracy_seed_std": "acc seed-sd"}
+
+
+def latest_group(runs_dir: Path, task: str) -> Path:
+    pointer = runs_dir / task / "latest.json"
+    if not pointer.exists():
+        raise BadInput(f"no stored runs of task {task!r} under {runs_dir}; run `bench run --task {task}` first.")
+    return runs_dir / task / json.loads(pointer.read_text())["group"]
+
+
+def tasks_with_runs(runs_dir: Path) -> list[str]:
+    return sorted(p.parent.name for p in runs_dir.glob("*/latest.json"))
+
+
+def build(group_dir: Path) -> dict:
+    """The leaderboard document of one run group."""
+    selection = json.loads((group_dir / "selection.json").read_text())
+    data = TaskData.from_json(selection["task_data"])
+    ok, failures = {}, {}
+    for method, entry in selection["methods"].items():
+        for trial_id in entry["trial_ids"]:
+            result = read_result(group_dir / "trials" / f"{trial_id}.json")
+            if result is None:
+                failures.setdefault(method, []).append({"trial_id": trial_id, "error": "result missing or corrupted"})
+            elif result["status"] != "ok":
+                failures.setdefault(method, []).append(
+                    {"trial_id": trial_id, "seed": result["seed"], "error": result["error"]}
+                )
+            else:
+                ok.setdefault(method, []).append(result)
+    n_boot = selection["bootstrap"]["resamples"]
+    scored = score_methods(ok, data, n_boot=n_boot, seed=selection["bootstrap"]["seed"])
+    rows = []
+    for method, entry in selection["methods"].items():
+        s = scored.get(method, {"n_seeds": 0, "seeds": [], "per_seed": {}, "metrics": {}})
+        rows.append({
+            "method": method,
+            "n_seeds": s["n_seeds"],
+            "seeds": s["seeds"],
+            "config": entry["config"],
+            "metrics": s["metrics"],
+            "per_seed": s["per_seed"],
+            "failures": failures.get(method, []),
+        })
+    rows.sort(key=lambda r: (r["metrics"].get(PRIMARY, {}).get("mean") is None,
+                             -(r["metrics"].get(PRIMARY, {}).get("mean") or 0.0), r["method"]))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "task": data.task,
+        "profile": data.profile,
+        "rows": rows,
+        "metric_legend": {m: {"higher_is_better": d > 0, "description": text} for m, (d, text) in METRICS.items()},
+        "bootstrap": selection["bootstrap"],
+        "task_summary": data.summary,
+        "provenance": selection["provenance"] | {
+            "seeds": selection["seeds"], "profile": data.profile, "task_config": selection["task_config"],
+            "artifacts": {"demos": data.demos_key, "truth": data.truth_key},
+        },
+    }
+
+
+def render_markdown(doc: dict) -> str:
+    rows = doc["rows"]
+    best = {}
+    for m in COLUMNS:
+        values = [r["metrics"][m]["mean"] for r in rows if r["metrics"].get(m, {}).get("mean") is not None]
+        if values:
+            best[m] = max(values) if METRICS[m][0] > 0 else min(values)
+    arrow = {m: "↑" if METRICS[m][0] > 0 else "↓" for m in COLUMNS}
+    prov = doc["provenance"]
+    lines = [
+        f"# Leaderboard: `{doc['task']}` (profile `{doc['profile']}`)",
+        "",
+        f"Mean over seeds on held-out test items, with a 95% CI from a two-level bootstrap over seeds × test prompts "
+        f"({doc['bootstrap']['resamples']} resamples, seed {doc['bootstrap']['seed']}). Best value in bold. "
+        f"Rows sorted by ROC-AUC.",
+        "",
+        "| method | seeds | " + " | ".join(f"{HEADINGS[m]} {arrow[m]}" for m in COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
+    for r in rows:
+        cells = []
+        for m in COLUMNS:
+            stat = r["metrics"].get(m)
+            if not stat or stat["mean"] is None:
+                cells.append("–")
+                continue
+            text = f"{stat['mean']:.3f}"
+            if stat["ci"][0] is not None:
+                text += f" [{stat['ci'][0]:.3f}, {stat['ci'][1]:.3f}]"
+            cells.append(f"**{text}**" if best.get(m) == stat["mean"] else text)
+        seeds = str(r["n_seeds"])
+        if r["failures"]:
+            seeds += f" ({len(r['failures'])} failed)"
+        lines.append(f"| {r['method']} | {seeds} | " + " | ".join(cells) + " |")
+    failed = [(r["method"], f) for r in rows for f in r["failures"]]
+    if failed:
+        lines += ["", "## Failed trials", ""]
+        lines += [f"- `{m}` seed {f.get('seed', '?')} (trial `{f['trial_id']}`): {f['error']}" for m, f in failed]
+    lines += ["", "## Metrics", ""]
+    lines += [f"- **{HEADINGS[m]}** ({arrow[m]}): {doc['metric_legend'][m]['description']}" for m in COLUMNS]
+    lines += ["", "## Provenance", ""]
+    lines += [
+        f"- git commit: `{prov['git_commit']}`",
+        f"- seeds: {', '.join(str(s) for s in prov['seeds'])}",
+        f"- task config: `{json.dumps(prov['task_config'], sort_keys=True)}`",
+        f"- artifacts: demos `{prov['artifacts']['demos']}`, truth `{prov['artifacts']['truth']}`",
+        f"- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(prov["versions"].items())),
+        f"- hardware: {prov['hardware']}",
+        f"- run started: {prov['started']}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(doc: dict, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{doc['task']}.json", out_dir / f"{doc['task']}.md"
+    atomic_write_json(json_path, doc, indent=1)
+    atomic_write_bytes(md_path, render_markdown(doc).encode())
+    return json_path, md_path

@@ -1,0 +1,153 @@
+"""`bench run`: validate everything, build the task's shared stages once, run the missing trials, write the
+leaderboard. Input is checked before anything is written; a rerun reuses every finished trial."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import config as configs
+from bench import leaderboard, provenance, registry
+from bench.artifacts import ArtifactCache, atomic_write_json, content_hash
+from bench.errors import BadInput
+from bench.runner import TrialSpec, execute, read_result
+
+DEFAULT_BOOTSTRAP = 1000
+
+
+@dataclass
+class RunRequest:
+    task: str
+    methods: str = "all"
+    profile: str = "default"
+    seeds: int = 5
+    runs_dir: Path = Path("runs")
+    leaderboards_dir: Path = Path("leaderboards")
+    assignments: list[str] = field(default_factory=list)
+    address: str | None = None
+    gpus_per_trial: float = 0.0
+    bootstrap: int = DEFAULT_BOOTSTRAP
+
+
+@dataclass
+class RunPlan:
+    task: object
+    profile: str
+    task_config: object
+    method_configs: dict[str, object]
+    seeds: list[int]
+    request: RunRequest
+
+    @property
+    def group(self) -> str:
+        """The run group: the profile, plus a hash when task settings were overridden."""
+        defaults = configs.to_dict(self.task.config(self.profile))
+        current = configs.to_dict(self.task_config)
+        return self.profile if current == defaults else f"{self.profile}-{content_hash(current, 8)}"
+
+
+def split_assignments(assignments, task, method_names) -> tuple[dict, dict[str, dict]]:
+    """`task.KEY=V` sets a task setting, `METHOD.KEY=V` one method's, a bare `KEY=V` every selected method that has
+    KEY. Unknown targets are bad input."""
+    task_overrides, method_overrides = {}, {m: {} for m in method_names}
+    for key, value in configs.parse_assignments(assignments):
+        target, dot, name = key.rpartition(".")
+        if dot and target == "task":
+            task_overrides[name] = value
+        elif dot:
+            if target not in method_overrides:
+                raise BadInput(
+                    f"--set {key}: {target!r} is neither 'task' nor a selected method; "
+                    f"write task.{name}=… or one of {', '.join(f'{m}.{name}' for m in method_names)}."
+                )
+            method_overrides[target][name] = value
+        else:
+            owners = [m for m in method_names if name in {f.name for f in configs.fields(registry.methods()[m].Config)}]
+            if not owners:
+                raise BadInput(
+                    f"--set {key}: no selected method has a setting {name!r}; "
+                    f"prefix it with a method or with 'task.' (see `bench ls methods`)."
+                )
+            for m in owners:
+                method_overrides[m][name] = value
+    return task_overrides, method_overrides
+
+
+def plan(request: RunRequest) -> RunPlan:
+    """Validate the whole request; raises BadInput before anything is written."""
+    task = registry.get_task(request.task)
+    method_names = registry.resolve_methods(request.methods)
+    if request.seeds < 1:
+        raise BadInput(f"--seeds {request.seeds} is not a number of seeds; use --seeds 1 or more.")
+    if request.gpus_per_trial < 0:
+        raise BadInput(f"--gpus-per-trial {request.gpus_per_trial} is negative; use 0 (CPU) or a positive share.")
+    if request.bootstrap < 100:
+        raise BadInput(f"--bootstrap {request.bootstrap} is too few resamples for a 95% CI; use at least 100.")
+    task_overrides, method_overrides = split_assignments(request.assignments, task, method_names)
+    task_config = task.config(request.profile, task_overrides)
+    method_configs = {
+        m: configs.build(registry.methods()[m].Config, method_overrides[m], owner=m) for m in method_names
+    }
+    check_writable(request.runs_dir, "--runs-dir")
+    check_writable(request.leaderboards_dir, "--leaderboards-dir")
+    return RunPlan(task, request.profile, task_config, method_configs, list(range(request.seeds)), request)
+
+
+def check_writable(directory: Path, flag: str) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+            pass
+    except OSError:
+        raise BadInput(f"{flag} {directory} is not a writable directory; pass {flag} DIR with a directory you can write.") from None
+
+
+def cache_for(runs_dir: Path) -> ArtifactCache:
+    """Artifacts live under the runs directory unless IRL_BENCH_CACHE names a shared one (e.g. for a cluster)."""
+    return ArtifactCache(Path(os.environ.get("IRL_BENCH_CACHE") or runs_dir / "cache").resolve())
+
+
+def execute_plan(p: RunPlan, console) -> dict:
+    """Build shared stages, run missing trials, write selection + leaderboard. Returns the leaderboard document."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    req = p.request
+    cache = cache_for(req.runs_dir)
+    with console.status(f"building the {p.task.name} task data (profile {p.profile})"):
+        data = p.task.build(p.profile, p.task_config, cache)
+    group_dir = req.runs_dir / p.task.name / p.group
+    trials_dir = group_dir / "trials"
+    trials_dir.mkdir(parents=True, exist_ok=True)
+
+    specs = {
+        m: [TrialSpec(m, configs.to_dict(cfg), seed, data.to_json()) for seed in p.seeds]
+        for m, cfg in p.method_configs.items()
+    }
+    pending = [s for group in specs.values() for s in group
+               if (r := read_result(trials_dir / f"{s.trial_id}.json")) is None or r["status"] != "ok"]
+    total = sum(len(g) for g in specs.values())
+    console.print(f"{total} trials: {total - len(pending)} reused, {len(pending)} to run")
+    if pending:
+        columns = [TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        with Progress(*columns, console=console, transient=False) as bar:
+            job = bar.add_task("trials", total=len(pending))
+            execute(pending, trials_dir, address=req.address, gpus_per_trial=req.gpus_per_trial,
+                    progress=lambda: bar.advance(job))
+
+    selection = {
+        "task_data": data.to_json(),
+        "task_config": configs.to_dict(p.task_config),
+        "seeds": p.seeds,
+        "methods": {m: {"config": configs.to_dict(p.method_configs[m]), "trial_ids": [s.trial_id for s in group]}
+                    for m, group in specs.items()},
+        "bootstrap": {"resamples": req.bootstrap, "seed": 0},
+        "provenance": provenance.collect(),
+    }
+    atomic_write_json(group_dir / "selection.json", selection)
+    atomic_write_json(req.runs_dir / p.task.name / "latest.json", {"group": p.group})
+    with console.status("scoring and writing the leaderboard"):
+        doc = leaderboard.build(group_dir)
+        leaderboard.write(doc, req.leaderboards_dir)
+    return doc

@@ -1,0 +1,228 @@
+"""Trials: one (method, config, seed) fit on a task's demonstrations, executed as Ray Tune trials.
+
+The runs directory is the source of truth; Ray is only the executor. A trial's id is a hash of everything that
+determines its result (task data, method, config, seed, code version), its result is written atomically to
+`<group>/trials/<id>.json` with a checksum, and a rerun skips every trial whose result is present and intact.
+A trial that raises or returns non-finite rewards is recorded as failed, with its error; the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ray import tune
+
+from bench import CODE_VERSION
+from bench.artifacts import atomic_write_json, content_hash
+from bench.errors import BadInput, RuntimeFailure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    method: str
+    config: dict
+    seed: int
+    task_data: dict  # TaskData.to_json()
+
+    @property
+    def trial_id(self) -> str:
+        return content_hash(
+            {
+                "demos": self.task_data["demos_key"],
+                "method": self.method,
+                "config": self.config,
+                "seed": self.seed,
+                "code_version": CODE_VERSION,
+            },
+            length=16,
+        )
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "config": self.config, "seed": self.seed, "task_data": self.task_data}
+
+
+# ---------------------------------------------------------------- trial results: atomic, checksummed files
+
+
+def write_result(path: Path, payload: dict) -> None:
+    atomic_write_json(path, {"payload": payload, "sha256": content_hash(payload, length=64)}, indent=None)
+
+
+def read_result(path: Path) -> dict | None:
+    """The stored payload, or None (with a warning naming the file) if it is missing, truncated or altered."""
+    import json
+
+    if not path.exists():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+        payload = stored["payload"]
+        if content_hash(payload, length=64) != stored["sha256"]:
+            raise ValueError("checksum mismatch")
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("trial result %s is corrupted (%s); the trial will run again", path, exc)
+        return None
+    return payload
+
+
+# ---------------------------------------------------------------- one trial
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator before any model is built."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_trial(spec: TrialSpec, result_path: Path, report=None) -> dict:
+    """Fit one method, score its recovered reward on the val and test items, write the result file."""
+    import torch
+
+    from bench import registry
+    from bench.data import TaskData
+    from bench.reward_models import RewardModel, make_encoder, make_head
+    from bench.training import FitContext
+
+    started = time.time()
+    curve: list[dict] = []
+    payload = {
+        "trial_id": spec.trial_id, "method": spec.method, "config": spec.config, "seed": spec.seed,
+        "task": spec.task_data["task"], "profile": spec.task_data["profile"], "demos_key": spec.task_data["demos_key"],
+    }
+    try:
+        seed_everything(spec.seed)
+        method = registry.get_method(spec.method)
+        cfg = method.Config(**spec.config)
+        data = TaskData.from_json(spec.task_data)
+        demos = data.demos()
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        encoder = make_encoder(demos.encoder)
+        model = RewardModel(encoder, make_head("linear", encoder.dim)).to(device)
+
+        def record(**metrics):
+            curve.append(metrics)
+            if report is not None:
+                report(metrics)
+
+        ctx = FitContext(seed=spec.seed, device=device, val=demos.splits["val"].preference_pairs, report=record)
+        if method.needs_ground_truth:
+            ctx.ground_truth = registry.get_task(data.task).ground_truth(data)
+        reward = method.fit(demos.splits["train"].preference_pairs, model, cfg, ctx)
+        rewards = {}
+        for split in ("val", "test"):
+            items = demos.splits[split].items
+            scores = np.asarray(reward.score(items.prompts, items.texts), dtype=float)
+            if scores.shape != (len(items),) or not np.all(np.isfinite(scores)):
+                raise FloatingPointError(f"{spec.method} produced non-finite or misshaped rewards on {split} items")
+            rewards[split] = [round(float(x), 7) for x in scores]
+        from bench.metrics import pair_accuracy
+
+        val_pairs = np.array(demos.splits["val"].pairs)
+        payload.update(
+            status="ok",
+            rewards=rewards,
+            val_pair_accuracy=pair_accuracy(np.array(rewards["val"]), val_pairs),
+        )
+    except Exception as exc:  # a failing method must not take the other trials down
+        payload.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    payload.update(seconds=round(time.time() - started, 3), curve=curve[-200:])
+    write_result(result_path, payload)
+    return payload
+
+
+def _tune_trainable(config: dict) -> None:
+    """Entry point of a Ray Tune trial (runs in a Ray worker)."""
+    import torch
+
+    trial = config["trial"]  # one entry of the grid
+    torch.set_num_threads(max(1, int(trial["threads"])))
+    spec = TrialSpec(**trial["spec"])
+    result = run_trial(spec, Path(trial["result_path"]))
+    tune.report({"ok": result["status"] == "ok", "val_pair_accuracy": result.get("val_pair_accuracy", float("nan"))})
+
+
+# ---------------------------------------------------------------- executing many trials
+
+
+def init_ray(address: str | None, gpus_per_trial: float) -> None:
+    """Start local Ray (all cores, GPUs only if present) or join a cluster; check GPU requests can be met."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as exc:
+            raise RuntimeFailure(
+                f"cannot reach a Ray cluster at {address!r} ({type(exc).__name__}); start one with `ray start --head` "
+                f"or drop --address to run locally."
+            ) from None
+    else:
+        import torch
+
+        ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), **kwargs)
+    available = ray.cluster_resources().get("GPU", 0)
+    if gpus_per_trial > available:
+        ray.shutdown()
+        raise BadInput(
+            f"--gpus-per-trial {gpus_per_trial} asks for GPUs but this Ray cluster has {available:g}; "
+            f"use --gpus-per-trial 0 here."
+        )
+
+
+_on_trial_done = None  # set by execute(); kept outside the callback, which Tune pickles
+
+
+class _ProgressCallback(tune.Callback):
+    """Advances the driver's progress bar; a module-level class so Tune pickles it by reference."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if _on_trial_done is not None:
+            _on_trial_done()
+
+    on_trial_error = on_trial_complete
+
+
+def execute(
+    specs: list[TrialSpec], trials_dir: Path, *, address=None, gpus_per_trial=0.0, cpus_per_trial=1, progress=None
+) -> None:
+    """Run the given trials as Ray Tune trials; each writes its own result file."""
+
+    if not specs:
+        return
+    init_ray(address, gpus_per_trial)
+    cpus = cpus_per_trial
+    trials_dir = trials_dir.resolve()  # Tune runs each trial in its own working directory
+    space = [
+        {"spec": s.to_json(), "result_path": str(trials_dir / f"{s.trial_id}.json"), "threads": cpus} for s in specs
+    ]
+
+    global _on_trial_done
+    _on_trial_done = progress
+    tuner = tune.Tuner(
+        tune.with_resources(_tune_trainable, {"cpu": cpus, "gpu": gpus_per_trial}),
+        param_space={"trial": tune.grid_search(space)},
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=f"run-{content_hash([s.trial_id for s in specs], 12)}",
+            storage_path=str((trials_dir.parent / "ray").resolve()),
+            verbose=0,
+            callbacks=[_ProgressCallback()],
+        ),
+    )
+    tuner.fit()

@@ -1,0 +1,134 @@
+"""The scorer: the only code that reads the ground truth. Turns stored trial rewards into metrics with CIs.
+
+Per method, each metric is the mean over seeds of the metric on the full test set; its 95% CI (percentile) comes
+from a two-level bootstrap that resamples seeds and test prompts (a prompt carries all its completions and pairs).
+The bootstrap draws are shared by all methods, so comparisons between methods are paired.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench import metrics as M
+from bench.artifacts import ArtifactCache
+from bench.data import TaskData
+from bench.stats import Bootstrap, Items, prompt_weights
+
+# name -> (direction, legend). Direction: +1 higher is better, -1 lower is better.
+METRICS = {
+    "pair_accuracy": (+1, "share of test pairs with r̂(y⁺) > r̂(y⁻), ties ½"),
+    "ordering_agreement": (+1, "share of test pairs r̂ orders as R* does"),
+    "roc_auc": (+1, "ROC-AUC of r̂ separating good from bad test completions (threshold-free)"),
+    "accuracy": (+1, "accuracy of 'bad iff r̂ < t', t chosen on validation items"),
+    "f1": (+1, "F1 of the bad class at the same t"),
+    "pearson": (+1, "Pearson r(r̂, R*) on test completions"),
+    "spearman": (+1, "Spearman ρ(r̂, R*)"),
+    "kendall": (+1, "Kendall τ-b(r̂, R*)"),
+    "centred_pearson": (+1, "Pearson r after per-prompt centring of both rewards"),
+    "starc": (-1, "STARC distance to R* in [0, 2] (per-prompt centring, unit L2)"),
+    "seed_ambiguity": (-1, "1 − mean pairwise Pearson of centred rewards across seeds"),
+    "pair_accuracy_seed_std": (-1, "standard deviation of pair accuracy across seeds"),
+}
+PER_SEED = [m for m in METRICS if m not in ("seed_ambiguity", "pair_accuracy_seed_std")]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    prompt_ids: np.ndarray
+    pairs: np.ndarray  # (n, 2) item indices
+    reward: np.ndarray  # R*
+    bad: np.ndarray  # label 1 = bad
+
+
+def load_eval_sets(data: TaskData) -> dict[str, EvalSet]:
+    demos = data.demos()
+    truth = ArtifactCache(data.cache_root).load("truth", data.truth_key).read_json("truth.json")
+    sets = {}
+    for split in ("val", "test"):
+        s = demos.splits[split]
+        sets[split] = EvalSet(
+            prompt_ids=np.array(s.items.prompt_ids),
+            pairs=np.array(s.pairs, dtype=int).reshape(-1, 2),
+            reward=np.array(truth[split]["reward"], dtype=float),
+            bad=np.array(truth[split]["label"], dtype=bool),
+        )
+    return sets
+
+
+def seed_metrics(boot: Bootstrap, r: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """Every per-seed metric of one recovered reward: row 0 on the test set, rows 1.. on its resamples."""
+    accuracy, f1 = boot.accuracy_f1(r, threshold)
+    return {
+        "pair_accuracy": boot.pair_accuracy(r),
+        "ordering_agreement": boot.ordering_agreement(r),
+        "roc_auc": boot.roc_auc(r),
+        "accuracy": accuracy,
+        "f1": f1,
+        "pearson": boot.pearson(r),
+        "spearman": boot.spearman(r),
+        "kendall": boot.kendall(r),
+        "centred_pearson": boot.centred_pearson(r),
+        "starc": boot.starc(r),
+    }
+
+
+def method_metrics(boot: Bootstrap, rewards: list[np.ndarray], pair_accuracy: list[np.ndarray]) -> dict:
+    """Metrics of a method across its seeds (prompt resamples only: a duplicated seed would agree with itself)."""
+    n_rows = len(boot.W)
+    if len(rewards) < 2:
+        return {"seed_ambiguity": np.full(n_rows, np.nan), "pair_accuracy_seed_std": np.full(n_rows, np.nan)}
+    agreement = [boot.centred_pearson(a, b) for a, b in itertools.combinations(rewards, 2)]
+    return {
+        "seed_ambiguity": 1 - np.mean(agreement, axis=0),
+        "pair_accuracy_seed_std": np.std(pair_accuracy, axis=0, ddof=1),
+    }
+
+
+def score_methods(
+    trials_by_method: dict[str, list[dict]], data: TaskData, *, n_boot: int = 1000, seed: int = 0
+) -> dict[str, dict]:
+    """{method: {"n_seeds", "seeds", "per_seed": {metric: [...]}, "metrics": {metric: {"mean", "ci"}}}}."""
+    sets = load_eval_sets(data)
+    val, test = sets["val"], sets["test"]
+    items = Items(prompt=test.prompt_ids, pairs=test.pairs, truth=test.reward, bad=test.bad)
+    rng = np.random.default_rng(seed)
+    boot = Bootstrap(items, prompt_weights(items.n_prompts, n_boot, rng))
+    max_seeds = max((len(t) for t in trials_by_method.values()), default=1)
+    seed_uniforms = rng.random((n_boot, max_seeds))  # shared by all methods, so their seed resamples are paired
+
+    scored = {}
+    for method, trials in trials_by_method.items():
+        trials = sorted(trials, key=lambda t: t["seed"])
+        n = len(trials)
+        rewards = [np.array(t["rewards"]["test"]) for t in trials]
+        thresholds = [M.best_threshold(np.array(t["rewards"]["val"]), val.bad) for t in trials]
+        per_seed = [seed_metrics(boot, r, th) for r, th in zip(rewards, thresholds)]
+        seed_counts = np.stack([np.bincount(row, minlength=n) for row in (seed_uniforms[:, :n] * n).astype(int)])
+        values = {}  # metric -> (point estimate, bootstrap replicates)
+        for m in PER_SEED:
+            stacked = np.stack([ps[m] for ps in per_seed], axis=1)  # (B+1, n)
+            values[m] = (stacked[0].mean(), (seed_counts * stacked[1:]).sum(axis=1) / n)
+        across = method_metrics(boot, rewards, [ps["pair_accuracy"] for ps in per_seed])
+        values.update({m: (v[0], v[1:]) for m, v in across.items()})
+        summary = {}
+        for m, (point, replicates) in values.items():
+            finite = replicates[np.isfinite(replicates)]
+            ci = np.percentile(finite, [2.5, 97.5]) if len(finite) else [np.nan, np.nan]
+            summary[m] = {"mean": _clean(point), "ci": [_clean(ci[0]), _clean(ci[1])]}
+        scored[method] = {
+            "n_seeds": n,
+            "seeds": [t["seed"] for t in trials],
+            "per_seed": {m: [_clean(ps[m][0]) for ps in per_seed] for m in PER_SEED},
+            "metrics": {m: summary[m] for m in METRICS},
+        }
+    return scored
+
+
+def _clean(x):
+    """JSON-safe, rounded: NaN becomes None; 6 decimals keep files stable and readable."""
+    if x is None or not np.isfinite(x):
+        return None
+    return round(float(x), 6)

@@ -1,0 +1,122 @@
+"""Failure-aware IRL (FA-IRL; Patel et al., arXiv 2510.06092) — a documented reconstruction.
+
+What the paper states, and this module follows:
+  * failures are the pairs the *current learned reward* gets wrong (Δ < 0) or scores as near-ties (small |Δ|);
+    they are found without any ground truth or external classifier;
+  * a dual-path reward: a base path plus a correction component trained on the failures;
+  * failures get tighter margins / sharper temperatures than the other pairs;
+  * a curriculum from clear errors to subtle near-ties.
+
+What the paper does not publish, and is therefore OURS (every item a config field with a search range):
+  * the near-tie threshold δ: adaptive, the `tie_quantile` quantile of |Δ| over the training pairs, recomputed at
+    the start of every stage;
+  * the correction path: a second head of the same architecture, r̂ = r̂_base + α·r̂_corr, initialised to output
+    zero; the base path is frozen during correction unless `train_base`;
+  * the failure loss: sharpened Bradley–Terry −log σ(Δ / (s·T)) with s = `sharpen` < 1 when the base objective is
+    Bradley–Terry, or the tighter hinge max(0, γ + δ − Δ) when it is max-margin; weight λ = `failure_weight`;
+  * the curriculum: failures sorted by Δ ascending (clearest errors first); stage k of K admits the first k/K of
+    them, so the last stage includes the subtlest near-ties;
+  * warm-up, stage lengths, learning rates: `warmup_epochs`, `stages`, `stage_epochs`, and the shared trainer's.
+
+The algorithm:
+  1. warm start: fit the base path with the standard objective L_std;
+  2. for k = 1..K: Δ ← margins under r̂; δ ← quantile(|Δ|, q); F ← {i : Δ_i < δ} sorted by Δ; F_k ← first k/K of F;
+     minimise mean_i [ L_std(Δ_i) + λ·1[i ∈ F_k]·L_fail(Δ_i) ] over the correction path;
+  3. return r̂ = r̂_base + α·r̂_corr.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bench.config import param
+from bench.registry import register_method
+from bench.reward_models import SumOfRewards, make_head
+from bench.training import IRLMethod, TrainConfig, encode_pairs, margins, train_pairwise
+from methods.bradley_terry import bradley_terry_loss
+from methods.max_margin import asymmetric_margin_loss, project_onto_ball
+
+
+@dataclass
+class FailureAwareConfig(TrainConfig):
+    base_objective: str = param("bradley_terry", choices=["bradley_terry", "max_margin"], help="L_std")
+    temperature: float = param(0.1, low=0.01, high=10.0, log=True, help="T of the Bradley-Terry objective")
+    norm_bound: float = param(10.0, low=0.01, high=1000.0, log=True, help="L2 bound per path (max-margin base)")
+    warmup_epochs: int = param(40, low=1, high=1000, log=True, help="epochs of the warm start (base path only)")
+    stages: int = param(3, low=1, high=10, help="curriculum stages K, clear errors first, near-ties last")
+    stage_epochs: int = param(15, low=1, high=500, log=True, help="epochs per curriculum stage")
+    tie_quantile: float = param(0.2, low=0.0, high=0.9, help="δ = this quantile of |Δ| (adaptive near-tie band)")
+    failure_weight: float = param(1.0, low=0.0, high=20.0, help="λ, weight of the failure loss")
+    sharpen: float = param(0.5, low=0.05, high=1.0, help="failure temperature = sharpen × T (Bradley-Terry base)")
+    failure_margin: float = param(0.1, low=0.0, high=10.0, help="γ of the tighter hinge (max-margin base)")
+    correction_scale: float = param(1.0, low=0.01, high=10.0, log=True, help="α in r̂_base + α·r̂_corr")
+    train_base: bool = param(False, choices=[False, True], help="also update the base path during correction")
+
+
+def curriculum(d: torch.Tensor, tie_quantile: float, stage: int, stages: int) -> tuple[torch.Tensor, float]:
+    """Mask of the failures admitted at `stage` (1-based) and the adaptive near-tie threshold δ."""
+    delta = float(torch.quantile(d.abs(), tie_quantile)) if tie_quantile > 0 else 0.0
+    failures = torch.nonzero(d < delta).squeeze(-1)
+    ordered = failures[torch.argsort(d[failures])]  # most negative Δ (clearest error) first
+    admitted = ordered[: math.ceil(len(ordered) * stage / stages)]
+    mask = torch.zeros_like(d, dtype=torch.bool)
+    mask[admitted] = True
+    return mask, delta
+
+
+@register_method("failure_aware")
+class FailureAware(IRLMethod):
+    description = "failure-aware IRL (reconstruction): warm start, then a correction path trained on failures"
+    Config = FailureAwareConfig
+
+    def fit(self, train, model, cfg, ctx):
+        dim = model.encoder.dim
+        base = make_head(cfg.head, dim, cfg.hidden).to(ctx.device)
+        correction = make_head(cfg.head, dim, cfg.hidden).to(ctx.device)
+        with torch.no_grad():  # the correction path starts at zero: r̂ equals the warm-started base at first
+            list(correction.parameters())[-1].zero_()
+        model.head = SumOfRewards(base, correction, cfg.correction_scale)
+        train_pairs = encode_pairs(model, train, ctx.device)
+        val_pairs = encode_pairs(model, ctx.val, ctx.device)
+
+        def standard_loss(d):
+            if cfg.base_objective == "bradley_terry":
+                return bradley_terry_loss(d, cfg.temperature)
+            return asymmetric_margin_loss(d)  # the predecessor's slopes (1, 2)
+
+        def bound_paths():
+            if cfg.base_objective == "max_margin":
+                project_onto_ball(base.parameters(), cfg.norm_bound)
+                project_onto_ball(correction.parameters(), cfg.norm_bound)
+
+        # 1. warm start: the base path alone, standard objective
+        train_pairwise(
+            model, lambda d, _idx: standard_loss(d).mean(), train_pairs, val_pairs, cfg, ctx,
+            parameters=base.parameters(), project=bound_paths, stage="warmup", epochs=cfg.warmup_epochs,
+        )
+        # 2. curriculum over failures found by the current reward
+        trainable = list(correction.parameters()) + (list(base.parameters()) if cfg.train_base else [])
+        for stage in range(1, cfg.stages + 1):
+            with torch.no_grad():
+                d_all = margins(model, train_pairs)
+            in_stage, delta = curriculum(d_all, cfg.tie_quantile, stage, cfg.stages)
+            ctx.report(stage=f"curriculum-{stage}", failures=int(in_stage.sum()), near_tie_threshold=delta)
+
+            def failure_loss(d, delta=delta):
+                if cfg.base_objective == "bradley_terry":
+                    return bradley_terry_loss(d, cfg.sharpen * cfg.temperature)
+                return F.relu(cfg.failure_margin + delta - d)
+
+            def loss(d, idx, in_stage=in_stage, failure_loss=failure_loss):
+                weight = cfg.failure_weight * in_stage[idx].to(d.dtype)
+                return (standard_loss(d) + weight * failure_loss(d)).mean()
+
+            train_pairwise(
+                model, loss, train_pairs, val_pairs, cfg, ctx,
+                parameters=trainable, project=bound_paths, stage=f"curriculum-{stage}", epochs=cfg.stage_epochs,
+            )
+        return model
