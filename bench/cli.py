@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     from rich.console import Console
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 Tune then prints nothing; we show our own bar
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     console = Console(stderr=False)
     args = build_parser().parse_args(argv)

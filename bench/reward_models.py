@@ -53,13 +53,16 @@ class BagOfTokens:
         self.dim = len(self.vocab)
 
     def encode(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
-        counts = torch.zeros(len(completions), self.dim)
+        rows, cols = [], []
         for row, text in enumerate(completions):
             for tok in text.split():
                 col = self.index.get(tok)
                 if col is not None:
-                    counts[row, col] += 1.0
-        return counts
+                    rows.append(row)
+                    cols.append(col)
+        counts = np.zeros((len(completions), self.dim), dtype=np.float32)
+        np.add.at(counts, (np.array(rows, dtype=int), np.array(cols, dtype=int)), 1.0)
+        return torch.from_numpy(counts)
 
 
 @register_encoder("bag_of_tokens")

@@ -131,4 +131,4 @@ def _clean(x):
     """JSON-safe, rounded: NaN becomes None; 6 decimals keep files stable and readable."""
     if x is None or not np.isfinite(x):
         return None
-    return round(float(x), 6)
+    return round(float(x), 6) + 0.0  # + 0.0 turns -0.0 into 0.0
