@@ -1,0 +1,68 @@
+"""The content-addressed cache: reuse, atomicity, corruption detection."""
+
+import logging
+
+import pytest
+
+from bench.artifacts import ArtifactCache, verify
+
+
+def write(text):
+    def build(directory):
+        (directory / "data.txt").write_text(text)
+    return build
+
+
+def test_same_inputs_reuse_different_inputs_rebuild(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    calls = []
+
+    def build(directory):
+        calls.append(1)
+        (directory / "data.txt").write_text("x")
+
+    a = cache.get_or_build("demo", {"n": 1}, build)
+    b = cache.get_or_build("demo", {"n": 1}, build)
+    c = cache.get_or_build("demo", {"n": 2}, build)
+    assert a == b and a.key != c.key and len(calls) == 2
+    assert a.manifest["inputs"] == {"n": 1} and "data.txt" in a.manifest["files"]
+
+
+def test_failed_build_leaves_nothing(tmp_path):
+    cache = ArtifactCache(tmp_path)
+
+    def broken(directory):
+        (directory / "half.txt").write_text("partial")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        cache.get_or_build("demo", {"n": 1}, broken)
+    assert cache.entries() == []
+    assert not any(p.name.endswith(".txt") for p in tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "alter", "delete"])
+def test_corrupted_artifact_is_named_and_rebuilt(tmp_path, caplog, damage):
+    cache = ArtifactCache(tmp_path)
+    art = cache.get_or_build("demo", {"n": 1}, write("original content"))
+    target = art.file("data.txt")
+    if damage == "truncate":
+        target.write_text("orig")
+    elif damage == "alter":
+        target.write_text("Original content")
+    else:
+        target.unlink()
+    assert verify(art.path) is not None
+    with caplog.at_level(logging.WARNING):
+        again = cache.get_or_build("demo", {"n": 1}, write("original content"))
+    assert f"demo/{art.key} is corrupted" in caplog.text
+    assert again.file("data.txt").read_text() == "original content"
+    assert verify(again.path) is None
+
+
+def test_load_refuses_a_corrupted_artifact(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    art = cache.get_or_build("demo", {"n": 1}, write("abc"))
+    art.file("data.txt").write_text("abd")
+    with pytest.raises(FileNotFoundError, match="does not match its recorded hash"):
+        cache.load("demo", art.key)

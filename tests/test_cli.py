@@ -1,0 +1,101 @@
+"""The `bench` command line as a user types it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+
+BENCH = [sys.executable, "-m", "bench.cli"]
+
+
+def test_ls_lists_methods_tasks_profiles(capsys):
+    assert main(["ls", "methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("max_margin", "bradley_terry", "failure_aware", "random", "oracle"):
+        assert any(line.startswith(name + " ") and len(line.split()) > 2 for line in out.splitlines()), name
+    assert main(["ls", "profiles"]) == 0
+    assert "synthetic:default" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--methods", "nosuch", "--task", "synthetic"], "unknown method 'nosuch'"),
+    (["--methods", "all", "--task", "nosuch"], "unknown task 'nosuch'"),
+    (["--task", "synthetic", "--profile", "huge"], "has no profile 'huge'"),
+    (["--task", "synthetic", "--set", "lr"], "malformed"),
+    (["--task", "synthetic", "--set", "bradley_terry.lr=7"], "out of range"),
+    (["--task", "synthetic", "--set", "task.n_prompts=ten"], "whole number"),
+    (["--task", "synthetic", "--seeds", "0"], "--seeds 1 or more"),
+    (["--task", "synthetic", "--gpus-per-trial", "-1"], "negative"),
+])
+def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(args, fragment, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(["run", *args, "--runs-dir", str(runs), "--leaderboards-dir", str(tmp_path / "lb")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and err.startswith("error: ") and len(err.splitlines()) == 1
+    assert not runs.exists() and not (tmp_path / "lb").exists()
+
+
+def test_unwritable_runs_dir_is_bad_input(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["run", "--task", "synthetic", "--runs-dir", str(blocker / "runs")]) == 2
+    assert "is not a writable directory" in capsys.readouterr().err
+
+
+def test_leaderboard_without_runs_is_bad_input(tmp_path, capsys):
+    assert main(["leaderboard", "--task", "synthetic", "--runs-dir", str(tmp_path)]) == 2
+    assert "run `bench run --task synthetic` first" in capsys.readouterr().err
+
+
+def run_bench(*args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([*BENCH, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_synthetic_end_to_end(tmp_path):
+    """The issue's acceptance run: oracle best, random at chance, IRL methods clearly better; reruns reuse."""
+    done = run_bench("run", "--methods", "all", "--task", "synthetic", "--seeds", "3", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "15 trials: 0 reused, 15 to run" in done.stdout
+    board = json.loads((tmp_path / "leaderboards/synthetic.json").read_text())
+    rows = {r["method"]: r for r in board["rows"]}
+    assert set(rows) == {"max_margin", "bradley_terry", "failure_aware", "random", "oracle"}
+    metric = lambda m, k: rows[m]["metrics"][k]  # noqa: E731
+
+    assert metric("oracle", "starc")["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert all(metric("oracle", "pair_accuracy")["mean"] >= metric(m, "pair_accuracy")["mean"] for m in rows)
+    lo, hi = metric("random", "roc_auc")["ci"]
+    assert lo <= 0.5 <= hi
+    for m in ("max_margin", "bradley_terry", "failure_aware"):
+        assert metric(m, "roc_auc")["ci"][0] > metric("random", "roc_auc")["ci"][1] + 0.2
+        assert metric(m, "starc")["ci"][1] < 0.6 < metric("random", "starc")["ci"][0]
+        assert rows[m]["n_seeds"] == 3 and not rows[m]["failures"]
+    assert board["provenance"]["seeds"] == [0, 1, 2] and board["profile"] == "default"
+    assert board["bootstrap"]["resamples"] == 1000
+
+    trials = sorted((tmp_path / "runs/synthetic/default/trials").glob("*.json"))
+    assert len(trials) == 15
+    before = {p: p.stat().st_mtime_ns for p in trials}
+    md_before = (tmp_path / "leaderboards/synthetic.md").read_bytes()
+    json_before = (tmp_path / "leaderboards/synthetic.json").read_bytes()
+
+    again = run_bench("run", "--methods", "all", "--task", "synthetic", "--seeds", "3", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "15 trials: 15 reused, 0 to run" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in trials} == before
+
+    rebuilt = run_bench("leaderboard", cwd=tmp_path)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (tmp_path / "leaderboards/synthetic.json").read_bytes() != b""
+    # the rerun recorded a new provenance start time; rebuilding from that stored run reproduces it exactly
+    first = (tmp_path / "leaderboards/synthetic.md").read_bytes()
+    assert run_bench("leaderboard", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "leaderboards/synthetic.md").read_bytes() == first
+    assert md_before.split(b"## Provenance")[0] == first.split(b"## Provenance")[0]
+    assert json.loads(json_before)["rows"] == json.loads((tmp_path / "leaderboards/synthetic.json").read_text())["rows"]
