@@ -1,8 +1,9 @@
-"""Leaderboards: `leaderboards/<task>.{json,md}` built only from what a run stored, so rebuilding is exact.
+"""Leaderboards: `leaderboards/<task>.{json,md,html}` built only from what a run stored, so rebuilding is exact.
 
 A `bench run` records its selection (task data, methods, configs, seeds, trial ids, provenance) in
 `<runs>/<task>/<group>/selection.json`; `runs/<task>/latest.json` names the group. The leaderboard reads that and the
-trial result files; nothing in it depends on the time or machine it is rebuilt on.
+trial result files; nothing in it depends on the time or machine it is rebuilt on. The Markdown and the HTML page
+are pure functions of the JSON document (which carries the figure data too), so the three always agree.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from bench.artifacts import atomic_write_bytes, atomic_write_json
 from bench.data import TaskData
 from bench.errors import BadInput
 from bench.runner import read_result
-from bench.scoring import METRICS, score_methods
+from bench.scoring import METRICS, NULL_METHOD, PER_SEED, TOP_METHOD, scatter_sample, score_methods
+from bench.stats import ALPHA
 
-SCHEMA_VERSION = 1
+# 2: rows gain "comparison" (paired test vs the best, tie flag), "normalised", "trial_ids"; the document gains
+#    "comparisons" (how ties are decided) and "figures" (data of the HTML page's plots).
+SCHEMA_VERSION = 2
+TIE_MARK = "≈"
 PRIMARY = "roc_auc"
 COLUMNS = ["roc_auc", "pair_accuracy", "ordering_agreement", "accuracy", "f1", "pearson", "spearman", "kendall",
            "centred_pearson", "starc", "seed_ambiguity", "pair_accuracy_seed_std"]
@@ -57,14 +62,18 @@ def build(group_dir: Path) -> dict:
     scored = score_methods(ok, data, n_boot=n_boot, seed=selection["bootstrap"]["seed"])
     rows = []
     for method, entry in selection["methods"].items():
-        s = scored.get(method, {"n_seeds": 0, "seeds": [], "per_seed": {}, "metrics": {}})
+        s = scored.get(method, {"n_seeds": 0, "seeds": [], "per_seed": {}, "metrics": {}, "comparison": {},
+                                "normalised": {}})
         rows.append({
             "method": method,
             "n_seeds": s["n_seeds"],
             "seeds": s["seeds"],
             "config": entry["config"],
             "metrics": s["metrics"],
+            "comparison": s["comparison"],
+            "normalised": s["normalised"],
             "per_seed": s["per_seed"],
+            "trial_ids": entry["trial_ids"],
             "failures": failures.get(method, []),
         })
     rows.sort(key=lambda r: (r["metrics"].get(PRIMARY, {}).get("mean") is None,
@@ -76,6 +85,16 @@ def build(group_dir: Path) -> dict:
         "rows": rows,
         "metric_legend": {m: {"higher_is_better": d > 0, "description": text} for m, (d, text) in METRICS.items()},
         "bootstrap": selection["bootstrap"],
+        "comparisons": {
+            "test": "paired bootstrap of the difference to the best method (shared seed × prompt resamples)",
+            "p_value": "two-sided, 2·min(share of replicates ≤ 0, share ≥ 0), +1 smoothing",
+            "correction": "Holm over the methods compared with the best, per metric",
+            "alpha": ALPHA,
+            "tied": f"corrected p ≥ {ALPHA}: the data cannot separate the method from the best",
+        },
+        "normalisation": {"null": NULL_METHOD, "top": TOP_METHOD, "metrics": PER_SEED,
+                          "available": NULL_METHOD in scored and TOP_METHOD in scored},
+        "figures": {"scatter": scatter_sample(ok, data)},
         "task_summary": data.summary,
         "provenance": selection["provenance"] | {
             "seeds": selection["seeds"], "profile": data.profile, "task_config": selection["task_config"],
@@ -84,21 +103,41 @@ def build(group_dir: Path) -> dict:
     }
 
 
+def standing(row: dict, metric: str) -> str:
+    """"best", "tied" (not separable from the best) or "" — from the row's paired comparison."""
+    c = row.get("comparison", {}).get(metric)
+    if not c:
+        return ""
+    return "best" if c["best"] else "tied" if c["tied"] else ""
+
+
+def format_stat(stat: dict | None, digits: int = 3) -> str:
+    if not stat or stat["mean"] is None:
+        return "–"
+    text = f"{stat['mean']:.{digits}f}"
+    if stat["ci"][0] is not None:
+        text += f" [{stat['ci'][0]:.{digits}f}, {stat['ci'][1]:.{digits}f}]"
+    return text
+
+
+def tie_legend(doc: dict) -> str:
+    c = doc["comparisons"]
+    return (f"**Bold**: best mean. {TIE_MARK}: tied with the best — a paired bootstrap of the difference (same seed × "
+            f"prompt resamples for both methods) cannot separate them after {c['correction'].split(' over')[0]} "
+            f"correction over the methods compared (corrected p ≥ {c['alpha']}).")
+
+
 def render_markdown(doc: dict) -> str:
     rows = doc["rows"]
-    best = {}
-    for m in COLUMNS:
-        values = [r["metrics"][m]["mean"] for r in rows if r["metrics"].get(m, {}).get("mean") is not None]
-        if values:
-            best[m] = max(values) if METRICS[m][0] > 0 else min(values)
     arrow = {m: "↑" if METRICS[m][0] > 0 else "↓" for m in COLUMNS}
     prov = doc["provenance"]
     lines = [
         f"# Leaderboard: `{doc['task']}` (profile `{doc['profile']}`)",
         "",
         f"Mean over seeds on held-out test items, with a 95% CI from a two-level bootstrap over seeds × test prompts "
-        f"({doc['bootstrap']['resamples']} resamples, seed {doc['bootstrap']['seed']}). Best value in bold. "
-        f"Rows sorted by ROC-AUC.",
+        f"({doc['bootstrap']['resamples']} resamples, seed {doc['bootstrap']['seed']}). Rows sorted by ROC-AUC.",
+        "",
+        tie_legend(doc),
         "",
         "| method | seeds | " + " | ".join(f"{HEADINGS[m]} {arrow[m]}" for m in COLUMNS) + " |",
         "|---|---|" + "---|" * len(COLUMNS),
@@ -106,18 +145,28 @@ def render_markdown(doc: dict) -> str:
     for r in rows:
         cells = []
         for m in COLUMNS:
-            stat = r["metrics"].get(m)
-            if not stat or stat["mean"] is None:
-                cells.append("–")
-                continue
-            text = f"{stat['mean']:.3f}"
-            if stat["ci"][0] is not None:
-                text += f" [{stat['ci'][0]:.3f}, {stat['ci'][1]:.3f}]"
-            cells.append(f"**{text}**" if best.get(m) == stat["mean"] else text)
+            text, mark = format_stat(r["metrics"].get(m)), standing(r, m)
+            cells.append(f"**{text}**" if mark == "best" else f"{text} {TIE_MARK}" if mark == "tied" else text)
         seeds = str(r["n_seeds"])
         if r["failures"]:
             seeds += f" ({len(r['failures'])} failed)"
         lines.append(f"| {r['method']} | {seeds} | " + " | ".join(cells) + " |")
+    norm = doc["normalisation"]
+    if norm["available"]:
+        shown = [m for m in COLUMNS if m in norm["metrics"]]
+        lines += [
+            "", "## Normalised scores", "",
+            f"(x − `{norm['null']}`) / (`{norm['top']}` − `{norm['null']}`) per metric: the null baseline scores 0, the "
+            f"ground-truth oracle 1 (either direction); 95% CI from the same paired resamples. Values above 1 are "
+            f"possible where the oracle is not the ceiling (pair accuracy: the expert's preferences are stochastic).",
+            "",
+            "| method | " + " | ".join(HEADINGS[m] for m in shown) + " |",
+            "|---|" + "---|" * len(shown),
+        ]
+        for r in rows:
+            if r["method"] in (norm["null"], norm["top"]):
+                continue
+            lines.append(f"| {r['method']} | " + " | ".join(format_stat(r["normalised"].get(m), 2) for m in shown) + " |")
     failed = [(r["method"], f) for r in rows for f in r["failures"]]
     if failed:
         lines += ["", "## Failed trials", ""]
@@ -139,8 +188,14 @@ def render_markdown(doc: dict) -> str:
 
 
 def write(doc: dict, out_dir: Path) -> tuple[Path, Path]:
+    """Writes <task>.json, <task>.md and <task>.html; returns the JSON and Markdown paths (the HTML page sits
+    beside them)."""
+    from bench import html
+
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{doc['task']}.json", out_dir / f"{doc['task']}.md"
+    page = html.render(doc)  # before anything is written: a plotting failure leaves the old files intact
     atomic_write_json(json_path, doc, indent=1)
     atomic_write_bytes(md_path, render_markdown(doc).encode())
+    atomic_write_bytes(out_dir / f"{doc['task']}.html", page.encode())
     return json_path, md_path

@@ -199,3 +199,104 @@ class Bootstrap:
         cosine = np.where(both, ab / np.sqrt(np.where(both, aa * bb, 1)), 0.0)
         squared = np.where(both, 2 - 2 * cosine, np.where(nonzero_a | nonzero_b, 1.0, 0.0))
         return np.sqrt(np.clip(squared, 0.0, None))
+
+
+# -- two-level bootstrap, paired comparisons, multiplicity, normalisation ------------------------------------------
+#
+# Every method is scored under the *same* prompt weights and the same seed draws, so for two methods the replicate
+# b of metric A and replicate b of metric B come from one resample of the data: their difference, replicate by
+# replicate, is a paired bootstrap of the difference (per-prompt difficulty cancels instead of adding up).
+
+ALPHA = 0.05  # tie threshold on Holm-corrected p-values; also 1 − level of every CI
+
+
+def seed_resample_counts(uniforms: np.ndarray, n_seeds: int) -> np.ndarray:
+    """(B, n) multiplicities of n seeds in B resamples with replacement, drawn from shared uniforms (B, ≥ n):
+    methods with the same number of seeds get the same seed resamples, which keeps comparisons paired."""
+    picks = (uniforms[:, :n_seeds] * n_seeds).astype(int)
+    counts = np.zeros((len(uniforms), n_seeds))
+    np.add.at(counts, (np.arange(len(uniforms))[:, None], picks), 1)
+    return counts
+
+
+def two_level(per_seed: np.ndarray, seed_counts: np.ndarray) -> tuple[float, np.ndarray]:
+    """per_seed: (B+1, n), a metric per seed under the observed data (row 0) and B prompt resamples.
+    Returns the mean over seeds and B replicates in which the seeds are resampled as well (row b's prompt
+    resample, with seed multiplicities seed_counts[b-1])."""
+    n = per_seed.shape[1]
+    return float(per_seed[0].mean()), (seed_counts * per_seed[1:]).sum(axis=1) / n
+
+
+def percentile_ci(replicates: np.ndarray, alpha: float = ALPHA) -> tuple[float, float]:
+    """Percentile interval of the finite replicates (a resample can leave e.g. AUC undefined)."""
+    finite = replicates[np.isfinite(replicates)]
+    if not len(finite):
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(finite, [50 * alpha, 100 - 50 * alpha])
+    return float(lo), float(hi)
+
+
+def bootstrap_p_value(difference: np.ndarray) -> float:
+    """Two-sided p-value of "no difference" from bootstrap replicates of a difference: twice the smaller share of
+    replicates on either side of 0 (ties at 0 count on both sides, +1 so that p > 0 with finitely many resamples).
+    This inverts the percentile CI: p < α exactly when the (1 − α) interval lies on one side of 0, up to the +1."""
+    d = difference[np.isfinite(difference)]
+    if not len(d):
+        return float("nan")
+    below = (np.count_nonzero(d <= 0) + 1) / (len(d) + 1)
+    above = (np.count_nonzero(d >= 0) + 1) / (len(d) + 1)
+    return min(1.0, 2 * min(below, above))
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment (controls the family-wise error rate under any dependence, which matters here:
+    every comparison shares the best method). NaN entries are left out of the family and stay NaN."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(len(p), np.nan)
+    valid = np.flatnonzero(np.isfinite(p))
+    order = valid[np.argsort(p[valid], kind="stable")]
+    m = len(order)
+    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def compare_to_best(
+    points: dict[str, float], replicates: dict[str, np.ndarray], direction: int, alpha: float = ALPHA
+) -> dict[str, dict]:
+    """Paired comparison of every method with the best one (by point estimate; direction +1: higher is better).
+
+    Per method: difference to the best (method − best) with its percentile CI, the paired-bootstrap p-value, the
+    Holm-corrected p-value over the family of (methods − 1) comparisons, and `tied`: the data cannot separate it
+    from the best (corrected p ≥ α). The best is picked from the same data, so "tied" is the honest reading and a
+    separation is slightly optimistic (winner's curse); equal best values are broken by method name."""
+    valid = sorted(m for m, v in points.items() if v is not None and np.isfinite(v))
+    if not valid:
+        return {}
+    best = max(valid, key=lambda m: direction * points[m])  # first in name order among equal values
+    others = [m for m in valid if m != best]
+    out = {best: {"vs": best, "best": True, "tied": False, "diff": 0.0, "ci": [0.0, 0.0], "p": None, "p_holm": None}}
+    p_values = []
+    for m in others:
+        difference = replicates[m] - replicates[best]
+        p_values.append(bootstrap_p_value(difference))
+        out[m] = {"vs": best, "best": False, "diff": points[m] - points[best], "ci": list(percentile_ci(difference, alpha)),
+                  "p": p_values[-1]}
+    for m, p, p_adj in zip(others, p_values, holm(p_values)):
+        # an undefined p (no finite replicate) means the data cannot separate the two: count it as a tie
+        out[m].update(p_holm=float(p_adj), tied=bool(not np.isfinite(p_adj) or p_adj >= alpha))
+    return out
+
+
+def normalise(value: float, replicates: np.ndarray, null: tuple[float, np.ndarray], top: tuple[float, np.ndarray],
+              alpha: float = ALPHA) -> tuple[float, tuple[float, float]]:
+    """(x − null) / (top − null): the null baseline scores 0 and the oracle 1, for either metric direction.
+    The CI uses the shared replicates of all three, so the baselines' own sampling noise is included.
+    Undefined (NaN) when the two baselines do not differ."""
+    scale = top[0] - null[0]
+    if not np.isfinite(scale) or abs(scale) < 1e-12:
+        return float("nan"), (float("nan"), float("nan"))
+    rep_scale = top[1] - null[1]
+    ok = np.abs(rep_scale) > 1e-12
+    rep = np.where(ok, (replicates - null[1]) / np.where(ok, rep_scale, 1.0), np.nan)
+    return float((value - null[0]) / scale), percentile_ci(rep, alpha)
