@@ -28,6 +28,7 @@ from torch import nn
 
 from bench.artifacts import ArtifactCache, file_sha256
 from bench.errors import BadInput, RuntimeFailure
+from bench.policies import pick_device
 
 
 class Judge(Protocol):
@@ -45,13 +46,6 @@ class JudgeReward:
 
     def score(self, prompts: list[str], completions: list[str]) -> np.ndarray:
         return -self.judge.p_toxic(list(completions)).astype(np.float64)
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    """`None`/"auto" → CUDA when there is a GPU, else CPU; never a GPU that is not there."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _package_version(dist: str) -> str:
