@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--task", default=None, help="one task (default: every task with stored runs)")
     board.add_argument("--runs-dir", type=Path, default=Path("runs"))
     board.add_argument("--leaderboards-dir", type=Path, default=Path("leaderboards"))
+
+    compare = sub.add_parser("compare", help="B − A per method and metric between two leaderboards of one task")
+    compare.add_argument("a", type=Path, help="leaderboard JSON (leaderboards/<task>.json) or run group directory")
+    compare.add_argument("b", type=Path, help="the same kind of input, for the other run")
+    compare.add_argument("--metrics", default=None, help="NAME[,NAME...] (default: every metric)")
     return parser
 
 
@@ -85,13 +90,23 @@ def cmd_leaderboard(args, console) -> int:
     return 0
 
 
+def cmd_compare(args, console) -> int:
+    from bench import compare
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    a, b = compare.load(args.a, "A"), compare.load(args.b, "B")
+    compare.print_comparison(compare.compare(a, b, metrics), console)
+    return 0
+
+
 def print_summary(doc, console) -> None:
     from rich.table import Table
 
-    from bench.leaderboard import HEADINGS
+    from bench.leaderboard import HEADINGS, TIE_MARK, format_stat, standing
 
     shown = ["roc_auc", "pair_accuracy", "centred_pearson", "starc", "seed_ambiguity"]
-    table = Table(title=f"{doc['task']} ({doc['profile']}): mean [95% CI]")
+    table = Table(title=f"{doc['task']} ({doc['profile']}): mean [95% CI]",
+                  caption=f"bold: best; {TIE_MARK}: not separable from the best (paired bootstrap, Holm p ≥ 0.05)")
     table.add_column("method")
     table.add_column("seeds")
     for m in shown:
@@ -100,8 +115,8 @@ def print_summary(doc, console) -> None:
         cells = []
         for m in shown:
             stat = row["metrics"].get(m)
-            cells.append("–" if not stat or stat["mean"] is None
-                         else f"{stat['mean']:.3f} [{stat['ci'][0]:.3f}, {stat['ci'][1]:.3f}]")
+            text, mark = format_stat(row["metrics"].get(m)), standing(row, m)
+            cells.append(f"[bold]{text}[/bold]" if mark == "best" else f"{text} {TIE_MARK}" if mark == "tied" else text)
         seeds = f"{row['n_seeds']}" + (f" ({len(row['failures'])} failed)" if row["failures"] else "")
         table.add_row(row["method"], seeds, *cells)
     console.print(table)
@@ -115,7 +130,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     console = Console(stderr=False)
     args = build_parser().parse_args(argv)
-    handlers = {"ls": cmd_ls, "run": cmd_run, "leaderboard": cmd_leaderboard}
+    handlers = {"ls": cmd_ls, "run": cmd_run, "leaderboard": cmd_leaderboard,
+                "compare": cmd_compare}
     try:
         return handlers[args.command](args, console)
     except (BadInput, RuntimeFailure) as exc:

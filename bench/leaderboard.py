@@ -42,8 +42,8 @@ def tasks_with_runs(runs_dir: Path) -> list[str]:
     return sorted(p.parent.name for p in runs_dir.glob("*/latest.json"))
 
 
-def build(group_dir: Path) -> dict:
-    """The leaderboard document of one run group."""
+def load_trials(group_dir: Path) -> tuple[dict, TaskData, dict[str, list[dict]], dict[str, list[dict]]]:
+    """(selection, task data, finished trials per method, failures per method) of one stored run group."""
     selection = json.loads((group_dir / "selection.json").read_text())
     data = TaskData.from_json(selection["task_data"])
     ok, failures = {}, {}
@@ -58,6 +58,12 @@ def build(group_dir: Path) -> dict:
                 )
             else:
                 ok.setdefault(method, []).append(result)
+    return selection, data, ok, failures
+
+
+def build(group_dir: Path) -> dict:
+    """The leaderboard document of one run group."""
+    selection, data, ok, failures = load_trials(group_dir)
     n_boot = selection["bootstrap"]["resamples"]
     scored = score_methods(ok, data, n_boot=n_boot, seed=selection["bootstrap"]["seed"])
     rows = []
@@ -121,10 +127,9 @@ def format_stat(stat: dict | None, digits: int = 3) -> str:
 
 
 def tie_legend(doc: dict) -> str:
-    c = doc["comparisons"]
-    return (f"**Bold**: best mean. {TIE_MARK}: tied with the best — a paired bootstrap of the difference (same seed × "
-            f"prompt resamples for both methods) cannot separate them after {c['correction'].split(' over')[0]} "
-            f"correction over the methods compared (corrected p ≥ {c['alpha']}).")
+    return (f"**Bold**: best mean. {TIE_MARK}: tied with the best — a paired bootstrap of the difference "
+            f"(same seed × prompt resamples for both methods) cannot separate them after Holm correction over the "
+            f"methods compared (corrected p ≥ {doc['comparisons']['alpha']}).")
 
 
 def render_markdown(doc: dict) -> str:

@@ -280,8 +280,8 @@ def compare_to_best(
     for m in others:
         difference = replicates[m] - replicates[best]
         p_values.append(bootstrap_p_value(difference))
-        out[m] = {"vs": best, "best": False, "diff": points[m] - points[best], "ci": list(percentile_ci(difference, alpha)),
-                  "p": p_values[-1]}
+        out[m] = {"vs": best, "best": False, "diff": points[m] - points[best],
+                  "ci": list(percentile_ci(difference, alpha)), "p": p_values[-1]}
     for m, p, p_adj in zip(others, p_values, holm(p_values)):
         # an undefined p (no finite replicate) means the data cannot separate the two: count it as a tie
         out[m].update(p_holm=float(p_adj), tied=bool(not np.isfinite(p_adj) or p_adj >= alpha))
