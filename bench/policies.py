@@ -186,7 +186,8 @@ class Policy:
         sampling = temperature > 0
         for b, start in enumerate(range(0, len(order), per_batch)):
             rows = order[start : start + per_batch]
-            ids, mask = self._left_pad([prompt_ids[i] for i in rows])
+            # n copies of each prompt, side by side (HF's num_return_sequences refuses greedy decoding).
+            ids, mask = self._left_pad([prompt_ids[i] for i in rows for _ in range(n)])
             # HF generate draws from the global torch RNG; seed it per batch so results don't depend on
             # anything that ran before.
             torch.manual_seed(seed * 1_000_003 + b)
@@ -198,7 +199,6 @@ class Policy:
                 temperature=temperature if sampling else None,
                 top_p=top_p if sampling else None,
                 top_k=0 if sampling else None,  # plain temperature sampling unless top_p says otherwise
-                num_return_sequences=n,
                 pad_token_id=self.tokenizer.pad_token_id,
                 use_cache=True,
             )
