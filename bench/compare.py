@@ -36,7 +36,7 @@ HOW = {
 
 @dataclass
 class Side:
-    label: str
+    label: str  # the path as given
     doc: dict  # leaderboard document
     group_dir: Path | None  # set when the input was a run group: per-item rewards are available
 
@@ -45,6 +45,7 @@ def load(path: Path, label: str) -> Side:
     """A leaderboard JSON file, a run-group directory, or a task's runs directory (its latest group)."""
     from bench import leaderboard
 
+    given = str(path)
     if not path.exists():
         raise BadInput(f"{label} {path} does not exist; pass a leaderboard JSON file (leaderboards/<task>.json) "
                        f"or a run group directory (runs/<task>/<group>).")
@@ -54,7 +55,7 @@ def load(path: Path, label: str) -> Side:
         if not (path / "selection.json").exists():
             raise BadInput(f"{label} {path} is a directory without a stored run (no selection.json); pass a run "
                            f"group directory such as runs/<task>/<group>, or a leaderboard JSON file.")
-        return Side(label, leaderboard.build(path), path)
+        return Side(given, leaderboard.build(path), path)
     try:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -62,7 +63,7 @@ def load(path: Path, label: str) -> Side:
     if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list) or "task" not in doc:
         raise BadInput(f"{label} {path} is not a leaderboard JSON file; pass one written by `bench leaderboard` "
                        f"(leaderboards/<task>.json) or a run group directory.")
-    return Side(label, doc, None)
+    return Side(given, doc, None)
 
 
 def _test_set(doc: dict):

@@ -229,7 +229,8 @@ def _scatter(doc: dict, scatter: dict) -> bytes:
         row = per_seed[method]
         title = f"{method} (seed {entry['seed']})"
         if entry["seed"] in row["seeds"]:
-            value = row["per_seed"].get("centred_pearson", [None] * len(row["seeds"]))[row["seeds"].index(entry["seed"])]
+            values = row["per_seed"].get("centred_pearson", [None] * len(row["seeds"]))
+            value = values[row["seeds"].index(entry["seed"])]
             if value is not None:
                 title += f"\ncentred r = {value:.3f}"
         ax.set_title(title)
