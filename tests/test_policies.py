@@ -1,6 +1,8 @@
 """bench.policies: loading, seeded batched generation and batched log-probs, on a tiny random GPT-2; the real
 SmolLM2 GGUF (98 MB download, ~30 s conversion) only under -m slow."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -91,6 +93,93 @@ def test_device_is_chosen_at_run_time():
     if not torch.cuda.is_available():
         with pytest.raises(BadInput, match="no CUDA GPU"):
             pick_device("cuda")
+
+
+def write_tiny_llama_gguf(path, tokenizer_dir):
+    """A random 2-layer Llama in an F32 GGUF file, with the tiny LM's byte-level BPE as its tokenizer (the layout of
+    the SmolLM2 GGUF: llama architecture, 'gpt2' tokenizer model)."""
+    import gguf
+
+    bpe = json.loads((tokenizer_dir / "tokenizer.json").read_text())["model"]
+    tokens = sorted(bpe["vocab"], key=bpe["vocab"].get)
+    eos = bpe["vocab"]["<|endoftext|>"]
+    dim, ff, layers, heads = 32, 64, 2, 2
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(layers)
+    w.add_context_length(64)
+    w.add_embedding_length(dim)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(heads)
+    w.add_head_count_kv(heads)
+    w.add_rope_freq_base(10000.0)
+    w.add_rope_dimension_count(dim // heads)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(len(tokens))
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t == "<|endoftext|>" else 1 for t in tokens])
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in bpe["merges"]])
+    w.add_bos_token_id(eos)
+    w.add_eos_token_id(eos)
+    w.add_pad_token_id(eos)
+    w.add_add_bos_token(False)
+    rng = np.random.default_rng(0)
+
+    def rand(*shape):
+        return (rng.standard_normal(shape) * 0.1).astype(np.float32)
+
+    w.add_tensor("token_embd.weight", rand(len(tokens), dim))
+    for i in range(layers):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(dim, np.float32))
+        for name in ("q", "k", "v", "output"):
+            w.add_tensor(f"blk.{i}.attn_{name}.weight", rand(dim, dim))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(dim, np.float32))
+        w.add_tensor(f"blk.{i}.ffn_gate.weight", rand(ff, dim))
+        w.add_tensor(f"blk.{i}.ffn_up.weight", rand(ff, dim))
+        w.add_tensor(f"blk.{i}.ffn_down.weight", rand(dim, ff))
+    w.add_tensor("output_norm.weight", np.ones(dim, np.float32))
+    w.add_tensor("output.weight", rand(len(tokens), dim))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_gguf_is_converted_once_to_safetensors_and_reused(tmp_path, tiny_lm_dir, monkeypatch):
+    import transformers
+
+    from bench.artifacts import ArtifactCache
+
+    gguf_file = tmp_path / "gguf" / "tiny.gguf"
+    gguf_file.parent.mkdir()
+    write_tiny_llama_gguf(gguf_file, tiny_lm_dir)
+    cache = ArtifactCache(tmp_path / "cache")
+    policy = load_policy({"type": "gguf", "file": str(gguf_file)}, cache, "cpu")
+    (converted,) = [a for a in cache.entries() if a.kind == "gguf_model"]
+    assert (converted.path / "model.safetensors").exists() and "quantization_config" not in converted.read_json(
+        "config.json")
+
+    # The cached safetensors model is the GGUF model: same tokenizer ids, same logits.
+    direct_tok = transformers.AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    direct = transformers.AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
+                                                               dtype=torch.float32)
+    ids = direct_tok("the cat sat on the mat", return_tensors="pt")["input_ids"]
+    assert ids.tolist() == policy.tokenizer("the cat sat on the mat", return_tensors="pt")["input_ids"].tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(policy.model(ids).logits, direct(ids).logits, rtol=0, atol=1e-6)
+
+    # Second load: the same artifact, and the GGUF file is never read again (any GGUF load would fail now).
+    real_from_pretrained = transformers.AutoModelForCausalLM.from_pretrained
+
+    def refuse_gguf(*args, **kwargs):
+        assert "gguf_file" not in kwargs, "the GGUF file was converted a second time"
+        return real_from_pretrained(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse_gguf)
+    again = load_policy({"type": "gguf", "file": str(gguf_file)}, cache, "cpu")
+    assert [a.path for a in cache.entries() if a.kind == "gguf_model"] == [converted.path]
+    assert again.generate(PROMPTS, max_new_tokens=6, temperature=0) == policy.generate(
+        PROMPTS, max_new_tokens=6, temperature=0)
 
 
 @pytest.mark.slow
