@@ -54,6 +54,7 @@ def gguf_to_hf(gguf_file: Path, cache: ArtifactCache, gguf_sha256: str | None = 
     def build(out: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        log.info("converting %s to an fp32 safetensors model (once per cache; ~30-60 s for SmolLM2 on CPU)", gguf_file)
         try:
             tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
             model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,

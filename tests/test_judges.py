@@ -10,7 +10,6 @@ from bench.errors import BadInput, RuntimeFailure
 from bench.judges import (
     BILSTM_LABELS,
     BiLSTMJudge,
-    DetoxifyJudge,
     HFClassifierJudge,
     JudgeReward,
     make_judge,

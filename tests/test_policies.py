@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.errors import BadInput, RuntimeFailure
-from bench.policies import Policy, gguf_to_hf, load_policy, pick_device
+from bench.policies import gguf_to_hf, load_policy, pick_device
 
 PROMPTS = ["the cat sat", "please pass the salt and the pepper", "a", "we walked along the river and"]
 COMPLETIONS = [" on the mat", " to me", " quick brown fox jumps over the lazy dog", " talked"]
