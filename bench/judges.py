@@ -213,7 +213,7 @@ class BiLSTMJudge:
         self.reduce = reduce
         self.batch_size = batch_size
         digest = hashlib.sha256((file_sha256(Path(weights_h5)) + file_sha256(Path(tokenizer_pickle))).encode())
-        self.version = f"toxic-comment-classifier-0.3.0-weights:{digest.hexdigest()[:12]}/{reduce}"
+        self.version = f"bilstm-weights:{digest.hexdigest()[:12]}/{reduce}"  # content hash: the files name no version
 
     @classmethod
     def from_asset(cls, cache: ArtifactCache, **kwargs) -> "BiLSTMJudge":
