@@ -25,11 +25,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, default=5, help="number of seeds per method (seeds 0..N-1)")
     run.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where trials and artifacts are stored")
     run.add_argument("--leaderboards-dir", type=Path, default=Path("leaderboards"))
+    run.add_argument("--tuned-dir", type=Path, default=Path("tuned"),
+                     help="frozen configs from `bench sweep` (used when present for the task and profile)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a setting: METHOD.KEY=V, task.KEY=V, or KEY=V for every method that has KEY")
     run.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. auto) instead of local Ray")
     run.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (fractions allowed)")
     run.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+
+    sweep = sub.add_parser("sweep", help="tune a method on validation pairs; freeze the best config for `bench run`")
+    target = sweep.add_mutually_exclusive_group(required=True)
+    target.add_argument("--method", dest="methods", help="the method to tune")
+    target.add_argument("--methods", dest="methods", help="all, or NAME[,NAME...]: the same budget for each")
+    sweep.add_argument("--task", required=True)
+    sweep.add_argument("--profile", default="default")
+    sweep.add_argument("--trials", type=int, default=8, help="configurations sampled from the search space")
+    sweep.add_argument("--seeds-per-trial", type=int, default=1, help="tuning seeds per configuration")
+    sweep.add_argument("--scheduler", default="asha", help="asha (early stopping over tuning seeds) or fifo")
+    sweep.add_argument("--metric", default="val_pair_accuracy", help="validation-only objective")
+    sweep.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    sweep.add_argument("--tuned-dir", type=Path, default=Path("tuned"), help="where frozen configs are written")
+    sweep.add_argument("--address", default=None, help="join an existing Ray cluster")
+    sweep.add_argument("--gpus-per-trial", type=float, default=0.0)
+    sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
 
     board = sub.add_parser("leaderboard", help="rebuild leaderboards from stored runs")
     board.add_argument("--task", default=None, help="one task (default: every task with stored runs)")
@@ -65,7 +83,7 @@ def cmd_run(args, console) -> int:
     request = pipeline.RunRequest(
         task=args.task, methods=args.methods, profile=args.profile, seeds=args.seeds, runs_dir=args.runs_dir,
         leaderboards_dir=args.leaderboards_dir, assignments=args.set, address=args.address,
-        gpus_per_trial=args.gpus_per_trial, bootstrap=args.bootstrap,
+        gpus_per_trial=args.gpus_per_trial, bootstrap=args.bootstrap, tuned_dir=args.tuned_dir,
     )
     plan = pipeline.plan(request)
     doc = pipeline.execute_plan(plan, console)
@@ -74,6 +92,24 @@ def cmd_run(args, console) -> int:
     if failed:
         console.print(f"[red]{failed} trial(s) failed[/red]; their errors are in the leaderboard.")
         return 1
+    return 0
+
+
+def cmd_sweep(args, console) -> int:
+    from bench import sweep
+
+    request = sweep.SweepRequest(
+        task=args.task, methods=args.methods, profile=args.profile, trials=args.trials,
+        seeds_per_trial=args.seeds_per_trial, scheduler=args.scheduler, metric=args.metric, runs_dir=args.runs_dir,
+        tuned_dir=args.tuned_dir, address=args.address, gpus_per_trial=args.gpus_per_trial, resume=args.resume,
+    )
+    for method, frozen in sweep.sweep(request, console).items():
+        b = frozen["budget"]
+        console.print(
+            f"{method}: best {frozen['objective']['metric']} {frozen['objective']['value']:.4f} "
+            f"({b['configurations']} configurations, {b['stopped_early']} stopped early, {b['cpu_hours']:.4f} CPU-h) "
+            f"-> {frozen['path']}", highlight=False,
+        )
     return 0
 
 
@@ -130,7 +166,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     console = Console(stderr=False)
     args = build_parser().parse_args(argv)
-    handlers = {"ls": cmd_ls, "run": cmd_run, "leaderboard": cmd_leaderboard,
+    handlers = {"ls": cmd_ls, "run": cmd_run, "sweep": cmd_sweep, "leaderboard": cmd_leaderboard,
                 "compare": cmd_compare}
     try:
         return handlers[args.command](args, console)

@@ -13,13 +13,13 @@ from typing import Any
 from bench.errors import BadInput
 
 
-def param(default, *, low=None, high=None, choices=None, log=False, tune=True, help=""):
+def param(default, *, low=None, high=None, choices=None, log=False, tune=True, search=None, help=""):
     """A config field: `low`/`high` bound numbers (inclusive), `choices` enumerates strings or bools.
 
     `tune=False` keeps a field out of the sweep search space (structural choices such as a dataset size).
-    `log=True` searches a positive number on a log scale.
+    `search=(lo, hi)` narrows the sweep's range inside the valid one; `log=True` searches on a log scale.
     """
-    meta = {"low": low, "high": high, "choices": choices, "log": log, "tune": tune, "help": help}
+    meta = {"low": low, "high": high, "choices": choices, "log": log, "tune": tune, "search": search, "help": help}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -111,7 +111,7 @@ def search_space(config_cls) -> dict[str, Any]:
         if meta.get("choices") is not None:
             space[f.name] = tune.choice(list(meta["choices"]))
         elif meta.get("low") is not None and meta.get("high") is not None:
-            low, high = meta["low"], meta["high"]
+            low, high = meta.get("search") or (meta["low"], meta["high"])
             if isinstance(f.default, int) and not isinstance(f.default, bool):
                 space[f.name] = tune.lograndint(low, high + 1) if meta["log"] else tune.randint(low, high + 1)
             else:

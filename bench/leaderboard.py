@@ -63,7 +63,11 @@ def load_trials(group_dir: Path) -> tuple[dict, TaskData, dict[str, list[dict]],
 
 def build(group_dir: Path) -> dict:
     """The leaderboard document of one run group."""
-    selection, data, ok, failures = load_trials(group_dir)
+    return assemble(*load_trials(group_dir))
+
+
+def assemble(selection: dict, data: TaskData, ok: dict[str, list[dict]], failures: dict[str, list[dict]]) -> dict:
+    """The leaderboard document from a run's selection and its trial results (see load_trials)."""
     n_boot = selection["bootstrap"]["resamples"]
     scored = score_methods(ok, data, n_boot=n_boot, seed=selection["bootstrap"]["seed"])
     rows = []
@@ -75,6 +79,7 @@ def build(group_dir: Path) -> dict:
             "n_seeds": s["n_seeds"],
             "seeds": s["seeds"],
             "config": entry["config"],
+            "tuning": entry.get("tuning", {"source": "defaults"}),
             "metrics": s["metrics"],
             "comparison": s["comparison"],
             "normalised": s["normalised"],
@@ -176,6 +181,21 @@ def render_markdown(doc: dict) -> str:
     if failed:
         lines += ["", "## Failed trials", ""]
         lines += [f"- `{m}` seed {f.get('seed', '?')} (trial `{f['trial_id']}`): {f['error']}" for m, f in failed]
+    lines += ["", "## Tuning budget", ""]
+    for r in rows:
+        tuning = r.get("tuning", {"source": "defaults"})
+        if tuning["source"] == "defaults":
+            lines.append(f"- `{r['method']}`: declared defaults, no tuning")
+        else:
+            b = tuning["budget"]
+            lines.append(
+                f"- `{r['method']}`: frozen sweep `{tuning['source']}`: {b['configurations']} configurations "
+                f"({b['completed']} completed, {b['stopped_early']} stopped early), {b['fits']} fits, "
+                f"{b['cpu_hours']:.3f} CPU-h, {b['gpu_hours']:.3f} GPU-h; best "
+                f"{tuning['objective']['metric']} {tuning['objective']['value']:.4f} on tuning seeds "
+                f"{tuning['tuning_seeds']}" + (f"; overridden by --set: {', '.join(tuning['overridden'])}"
+                                               if tuning.get("overridden") else "")
+            )
     lines += ["", "## Metrics", ""]
     lines += [f"- **{HEADINGS[m]}** ({arrow[m]}): {doc['metric_legend'][m]['description']}" for m in COLUMNS]
     lines += ["", "## Provenance", ""]

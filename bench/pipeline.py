@@ -13,6 +13,7 @@ from bench import leaderboard, provenance, registry
 from bench.artifacts import ArtifactCache, atomic_write_json, content_hash
 from bench.errors import BadInput
 from bench.runner import TrialSpec, execute, read_result
+from bench.sweep import load_frozen
 
 DEFAULT_BOOTSTRAP = 1000
 
@@ -29,6 +30,7 @@ class RunRequest:
     address: str | None = None
     gpus_per_trial: float = 0.0
     bootstrap: int = DEFAULT_BOOTSTRAP
+    tuned_dir: Path = Path("tuned")
 
 
 @dataclass
@@ -39,6 +41,7 @@ class RunPlan:
     method_configs: dict[str, object]
     seeds: list[int]
     request: RunRequest
+    tuning: dict[str, dict]  # per method: where its configuration came from (defaults or a frozen sweep)
 
     @property
     def group(self) -> str:
@@ -87,12 +90,18 @@ def plan(request: RunRequest) -> RunPlan:
         raise BadInput(f"--bootstrap {request.bootstrap} is too few resamples for a 95% CI; use at least 100.")
     task_overrides, method_overrides = split_assignments(request.assignments, task, method_names)
     task_config = task.config(request.profile, task_overrides)
-    method_configs = {
-        m: configs.build(registry.methods()[m].Config, method_overrides[m], owner=m) for m in method_names
-    }
+    method_configs, tuning = {}, {}
+    for m in method_names:
+        frozen = load_frozen(request.tuned_dir, task.name, m, request.profile)
+        tuned = frozen["config"] if frozen else {}
+        method_configs[m] = configs.build(registry.methods()[m].Config, {**tuned, **method_overrides[m]}, owner=m)
+        tuning[m] = {"source": "defaults"} if frozen is None else {
+            "source": frozen["path"], "budget": frozen["budget"], "objective": frozen["objective"],
+            "tuning_seeds": frozen["tuning_seeds"], "overridden": sorted(method_overrides[m]),
+        }
     check_writable(request.runs_dir, "--runs-dir")
     check_writable(request.leaderboards_dir, "--leaderboards-dir")
-    return RunPlan(task, request.profile, task_config, method_configs, list(range(request.seeds)), request)
+    return RunPlan(task, request.profile, task_config, method_configs, list(range(request.seeds)), request, tuning)
 
 
 def check_writable(directory: Path, flag: str) -> None:
@@ -140,7 +149,8 @@ def execute_plan(p: RunPlan, console) -> dict:
         "task_data": data.to_json(),
         "task_config": configs.to_dict(p.task_config),
         "seeds": p.seeds,
-        "methods": {m: {"config": configs.to_dict(p.method_configs[m]), "trial_ids": [s.trial_id for s in group]}
+        "methods": {m: {"config": configs.to_dict(p.method_configs[m]), "trial_ids": [s.trial_id for s in group],
+                        "tuning": p.tuning[m]}
                     for m, group in specs.items()},
         "bootstrap": {"resamples": req.bootstrap, "seed": 0},
         "provenance": provenance.collect(),

@@ -22,6 +22,7 @@ from ray import tune
 from bench import CODE_VERSION
 from bench.artifacts import atomic_write_json, content_hash
 from bench.errors import BadInput, RuntimeFailure
+from bench.metrics import pair_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_trial(spec: TrialSpec, result_path: Path, report=None) -> dict:
-    """Fit one method, score its recovered reward on the val and test items, write the result file."""
+def run_trial(spec: TrialSpec, result_path: Path, report=None, splits=("val", "test")) -> dict:
+    """Fit one method, score its recovered reward on the items of `splits`, write the result file.
+    Sweeps pass splits=("val",): tuning never computes a test score."""
     import torch
 
     from bench import registry
@@ -121,19 +123,18 @@ def run_trial(spec: TrialSpec, result_path: Path, report=None) -> dict:
             ctx.ground_truth = registry.get_task(data.task).ground_truth(data)
         reward = method.fit(demos.splits["train"].preference_pairs, model, cfg, ctx)
         rewards = {}
-        for split in ("val", "test"):
+        for split in splits:
             items = demos.splits[split].items
             scores = np.asarray(reward.score(items.prompts, items.texts), dtype=float)
             if scores.shape != (len(items),) or not np.all(np.isfinite(scores)):
                 raise FloatingPointError(f"{spec.method} produced non-finite or misshaped rewards on {split} items")
             rewards[split] = [round(float(x), 7) for x in scores]
-        from bench.metrics import pair_accuracy
-
         val_pairs = np.array(demos.splits["val"].pairs)
         payload.update(
             status="ok",
             rewards=rewards,
             val_pair_accuracy=pair_accuracy(np.array(rewards["val"]), val_pairs),
+            device=str(device),
         )
     except Exception as exc:  # a failing method must not take the other trials down
         payload.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())

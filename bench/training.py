@@ -46,9 +46,9 @@ class IRLMethod:
 class TrainConfig:
     """Knobs every pairwise-trained method shares."""
 
-    lr: float = param(0.01, low=1e-4, high=1.0, log=True, help="Adam learning rate")
-    epochs: int = param(60, low=1, high=1000, log=True, help="maximum passes over the training pairs")
-    batch_size: int = param(64, low=1, high=4096, log=True, help="pairs per step")
+    lr: float = param(0.01, low=1e-5, high=1.0, log=True, search=(1e-3, 0.1), help="Adam learning rate")
+    epochs: int = param(60, low=1, high=10000, log=True, search=(10, 150), help="maximum passes over the pairs")
+    batch_size: int = param(64, low=1, high=65536, log=True, search=(16, 256), help="pairs per step")
     weight_decay: float = param(0.0, low=0.0, high=0.1, help="decoupled L2 penalty (AdamW)")
     patience: int = param(15, low=1, high=1000, tune=False, help="epochs without a validation gain before stopping")
     head: str = param("linear", choices=["linear", "mlp"], help="reward head over the features")

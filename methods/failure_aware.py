@@ -46,9 +46,10 @@ class FailureAwareConfig(TrainConfig):
     base_objective: str = param("bradley_terry", choices=["bradley_terry", "max_margin"], help="L_std")
     temperature: float = param(0.1, low=0.01, high=10.0, log=True, help="T of the Bradley-Terry objective")
     norm_bound: float = param(10.0, low=0.01, high=1000.0, log=True, help="L2 bound per path (max-margin base)")
-    warmup_epochs: int = param(40, low=1, high=1000, log=True, help="epochs of the warm start (base path only)")
+    warmup_epochs: int = param(40, low=1, high=10000, log=True, search=(5, 100),
+                               help="epochs of the warm start (base path only)")
     stages: int = param(3, low=1, high=10, help="curriculum stages K, clear errors first, near-ties last")
-    stage_epochs: int = param(15, low=1, high=500, log=True, help="epochs per curriculum stage")
+    stage_epochs: int = param(15, low=1, high=10000, log=True, search=(3, 50), help="epochs per curriculum stage")
     tie_quantile: float = param(0.2, low=0.0, high=0.9, help="δ = this quantile of |Δ| (adaptive near-tie band)")
     failure_weight: float = param(1.0, low=0.0, high=20.0, help="λ, weight of the failure loss")
     sharpen: float = param(0.5, low=0.05, high=1.0, help="failure temperature = sharpen × T (Bradley-Terry base)")

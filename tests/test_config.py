@@ -33,7 +33,7 @@ def test_bad_values_name_the_fix(overrides, fragment):
 def test_search_space_follows_declarations():
     space = C.search_space(FailureAwareConfig)
     assert isinstance(space["lr"], tune.search.sample.Float)
-    assert space["lr"].lower == 1e-4 and space["lr"].upper == 1.0
+    assert space["lr"].lower == 1e-3 and space["lr"].upper == 0.1  # the declared search range, inside the valid one
     assert isinstance(space["stages"], tune.search.sample.Integer)
     assert isinstance(space["head"], tune.search.sample.Categorical)
     assert "patience" not in space  # declared tune=False
