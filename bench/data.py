@@ -77,6 +77,7 @@ class TaskData:
     demos_key: str  # artifact "demos": splits + encoder spec, no ground truth
     truth_key: str  # artifact "truth": ground-truth rewards/labels of val and test items (scorer only)
     summary: dict = field(default_factory=dict)  # facts for the leaderboard (sizes, split hashes, policy stats)
+    artifacts: dict = field(default_factory=dict)  # other artifact keys by kind, e.g. {"policies": key}
 
     def to_json(self) -> dict:
         return {
@@ -86,6 +87,7 @@ class TaskData:
             "demos_key": self.demos_key,
             "truth_key": self.truth_key,
             "summary": self.summary,
+            "artifacts": self.artifacts,
         }
 
     @classmethod

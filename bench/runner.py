@@ -121,6 +121,8 @@ def run_trial(spec: TrialSpec, result_path: Path, report=None, splits=("val", "t
         ctx = FitContext(seed=spec.seed, device=device, val=demos.splits["val"].preference_pairs, report=record)
         if method.needs_ground_truth:
             ctx.ground_truth = registry.get_task(data.task).ground_truth(data)
+        if method.needs_policies:
+            ctx.policies = registry.get_task(data.task).policies(data)
         reward = method.fit(demos.splits["train"].preference_pairs, model, cfg, ctx)
         rewards = {}
         for split in splits:

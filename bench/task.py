@@ -50,6 +50,11 @@ class Task:
         """R* as a scoring function, for the scorer and the `oracle` baseline only."""
         raise NotImplementedError
 
+    def policies(self, data: TaskData) -> dict:
+        """{"base": π₀, "expert": π_E}, each with `sum_logprobs(prompts, completions)`; for methods that declare
+        `needs_policies` (e.g. the implicit reward). Not ground truth: an auditor holds both models."""
+        raise NotImplementedError(f"task {self.name} does not expose its policies")
+
 
 def split_fingerprints(demos: Demonstrations) -> dict[str, str]:
     """A hash of each split's prompt set; the splits must not share a prompt."""

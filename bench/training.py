@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,15 +29,26 @@ class FitContext:
     val: PreferencePairs
     report: Callable[..., None]
     ground_truth: RewardFunction | None = None
+    policies: dict | None = None  # {"base": π₀, "expert": π_E}, for methods that declare `needs_policies`
+
+
+class PolicyLogProb(Protocol):
+    """What a method may ask of a policy: log π(y|x) of whole completions."""
+
+    def sum_logprobs(self, prompts: list[str], completions: list[str]) -> np.ndarray: ...
 
 
 class IRLMethod:
-    """Base class of registered methods (see methods/). `fit` returns anything with `score(prompts, completions)`."""
+    """Base class of registered methods (see methods/). `fit` returns anything with `score(prompts, completions)`.
+
+    A method sees its training pairs and the FitContext. Declaring `needs_policies` adds the audited expert and
+    its base model (an auditor has both); only `needs_ground_truth` (the oracle) adds R*."""
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     Config: ClassVar[type]
     needs_ground_truth: ClassVar[bool] = False
+    needs_policies: ClassVar[bool] = False
 
     def fit(self, train: PreferencePairs, model: RewardModel, cfg, ctx: FitContext) -> RewardFunction:
         raise NotImplementedError

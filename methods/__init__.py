@@ -1,3 +1,3 @@
 """Built-in IRL methods and baselines; importing this package registers them."""
 
-from methods import baselines, bradley_terry, failure_aware, max_margin  # noqa: F401
+from methods import baselines, bradley_terry, failure_aware, implicit, max_margin  # noqa: F401

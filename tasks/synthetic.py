@@ -110,12 +110,33 @@ class Synthetic(Task):
             "demos", inputs, lambda d: atomic_write_json(d / "demos.json", generate()["demos"].to_json(), indent=None)
         )
         truth = cache.get_or_build("truth", inputs, lambda d: _write_truth(d, generate()))
+        policies = cache.get_or_build(
+            "policies", inputs, lambda d: atomic_write_json(d / "policies.json", generate()["policies"], indent=None)
+        )
         summary = cache.load("truth", truth.key).read_json("summary.json")
-        return TaskData(self.name, profile, str(cache.root), demos.key, truth.key, summary)
+        return TaskData(self.name, profile, str(cache.root), demos.key, truth.key, summary,
+                        artifacts={"policies": policies.key})
 
     def ground_truth(self, data: TaskData):
         params = ArtifactCache(data.cache_root).load("truth", data.truth_key).read_json("world.json")
         return LinearTokenReward(params["vocab"], params["theta"], params["offsets"])
+
+    def policies(self, data: TaskData) -> dict:
+        params = ArtifactCache(data.cache_root).load("policies", data.artifacts["policies"]).read_json("policies.json")
+        return {role: TokenPolicy(params["vocab"], params["prompts"], params[role]) for role in ("base", "expert")}
+
+
+class TokenPolicy:
+    """A product policy π(y|x) = Π_t p(y_t|x), exposing exact log-probabilities of completions."""
+
+    def __init__(self, vocab: list[str], prompts: list[str], log_probs: list[list[float]]):
+        self.index = {tok: i for i, tok in enumerate(vocab)}
+        self.row = {p: i for i, p in enumerate(prompts)}
+        self.log_probs = np.array(log_probs)
+
+    def sum_logprobs(self, prompts, completions):
+        return np.array([sum(self.log_probs[self.row[p], self.index[t]] for t in c.split())
+                         for p, c in zip(prompts, completions)])
 
 
 class LinearTokenReward:
@@ -196,7 +217,9 @@ def _generate(cfg: SyntheticConfig) -> dict:
         "offsets": {world.prompts[i]: float(c) for i, c in enumerate(world.offsets)},
         "beta": cfg.beta,
     }
-    return {"demos": demos, "truth": truth, "summary": summary, "world": world_params}
+    policies = {"vocab": world.vocab, "prompts": world.prompts,
+                "base": np.log(world.base_probs).tolist(), "expert": np.log(world.expert_probs).tolist()}
+    return {"demos": demos, "truth": truth, "summary": summary, "world": world_params, "policies": policies}
 
 
 def _thin_informative(pairs, informative, max_share, rng):

@@ -62,13 +62,15 @@ def test_synthetic_end_to_end(tmp_path):
     """The issue's acceptance run: oracle best, random at chance, IRL methods clearly better; reruns reuse."""
     done = run_bench("run", "--methods", "all", "--task", "synthetic", "--seeds", "3", cwd=tmp_path)
     assert done.returncode == 0, done.stderr + done.stdout
-    assert "15 trials: 0 reused, 15 to run" in done.stdout
+    assert "21 trials: 0 reused, 21 to run" in done.stdout
     board = json.loads((tmp_path / "leaderboards/synthetic.json").read_text())
     rows = {r["method"]: r for r in board["rows"]}
-    assert set(rows) == {"max_margin", "bradley_terry", "failure_aware", "random", "oracle"}
+    assert set(rows) == {"max_margin", "bradley_terry", "failure_aware", "random", "oracle", "implicit", "length"}
     metric = lambda m, k: rows[m]["metrics"][k]  # noqa: E731
 
     assert metric("oracle", "starc")["mean"] == pytest.approx(0.0, abs=1e-6)
+    # the exactly tilted expert: the implicit reward equals R* up to per-prompt constants
+    assert metric("implicit", "starc")["mean"] == pytest.approx(0.0, abs=1e-4)
     assert all(metric("oracle", "pair_accuracy")["mean"] >= metric(m, "pair_accuracy")["mean"] for m in rows)
     lo, hi = metric("random", "roc_auc")["ci"]
     assert lo <= 0.5 <= hi
@@ -80,14 +82,14 @@ def test_synthetic_end_to_end(tmp_path):
     assert board["bootstrap"]["resamples"] == 1000
 
     trials = sorted((tmp_path / "runs/synthetic/default/trials").glob("*.json"))
-    assert len(trials) == 15
+    assert len(trials) == 21
     before = {p: p.stat().st_mtime_ns for p in trials}
     md_before = (tmp_path / "leaderboards/synthetic.md").read_bytes()
     json_before = (tmp_path / "leaderboards/synthetic.json").read_bytes()
 
     again = run_bench("run", "--methods", "all", "--task", "synthetic", "--seeds", "3", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert "15 trials: 15 reused, 0 to run" in again.stdout
+    assert "21 trials: 21 reused, 0 to run" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in trials} == before
 
     rebuilt = run_bench("leaderboard", cwd=tmp_path)

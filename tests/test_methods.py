@@ -48,6 +48,15 @@ def test_baselines(synthetic_tiny, tmp_path):
     assert abs(M.pearson(random_a, test.reward)) < 0.25
 
 
+def test_implicit_reward_is_exact_and_length_is_uninformative(synthetic_tiny, tmp_path):
+    _, data = synthetic_tiny
+    test = load_eval_sets(data)["test"]
+    implicit = np.array(fit("implicit", data, tmp_path)["rewards"]["test"])
+    assert M.starc_distance(implicit, test.reward, test.prompt_ids) == pytest.approx(0.0, abs=1e-6)
+    length = np.array(fit("length", data, tmp_path)["rewards"]["test"])
+    assert np.ptp(length) == 0  # every synthetic completion has the same length
+
+
 def test_same_seed_same_numbers_other_seed_other_fit(synthetic_tiny, tmp_path):
     _, data = synthetic_tiny
     a = fit("failure_aware", data, tmp_path / "a", seed=3)

@@ -10,7 +10,8 @@ from bench.errors import BadInput
 
 
 def test_builtin_methods_and_tasks():
-    assert {"max_margin", "bradley_terry", "failure_aware", "random", "oracle"} <= set(registry.methods())
+    assert {"max_margin", "bradley_terry", "failure_aware", "random", "oracle", "implicit", "length"} <= set(
+        registry.methods())
     assert "synthetic" in registry.tasks()
     assert [n for n, c in registry.methods().items() if c.needs_ground_truth] == ["oracle"]
 
