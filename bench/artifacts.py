@@ -67,11 +67,17 @@ def atomic_write_json(path: Path, obj: Any, *, indent: int | None = 1) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive advisory lock held for the duration of the block (released if the process dies)."""
+def file_lock(path: Path, on_wait: Callable[[], None] | None = None):
+    """An exclusive advisory lock held for the duration of the block (released if the process dies).
+    `on_wait` is called once if another process holds it, before waiting."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -116,6 +122,8 @@ class ArtifactCache:
                     return Artifact(kind, key, final)
                 log.warning("artifact %s/%s is corrupted (%s); rebuilding it", kind, key, problem)
                 shutil.rmtree(final)
+            for stale in final.parent.glob(f".{key}.building.*"):  # left by a builder that died; we hold the lock
+                shutil.rmtree(stale, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}.building."))
             try:
                 started = time.time()

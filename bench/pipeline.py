@@ -10,9 +10,9 @@ from pathlib import Path
 
 from bench import config as configs
 from bench import leaderboard, provenance, registry
-from bench.artifacts import ArtifactCache, atomic_write_json, content_hash
+from bench.artifacts import ArtifactCache, atomic_write_json, content_hash, file_lock
 from bench.errors import BadInput
-from bench.runner import TrialSpec, execute, read_result
+from bench.runner import TrialSpec, check_resources, execute, read_result
 from bench.sweep import load_frozen
 
 DEFAULT_BOOTSTRAP = 1000
@@ -88,6 +88,7 @@ def plan(request: RunRequest) -> RunPlan:
         raise BadInput(f"--gpus-per-trial {request.gpus_per_trial} is negative; use 0 (CPU) or a positive share.")
     if request.bootstrap < 100:
         raise BadInput(f"--bootstrap {request.bootstrap} is too few resamples for a 95% CI; use at least 100.")
+    check_resources(request.address, request.gpus_per_trial)
     task_overrides, method_overrides = split_assignments(request.assignments, task, method_names)
     task_config = task.config(request.profile, task_overrides)
     method_configs, tuning = {}, {}
@@ -120,16 +121,22 @@ def cache_for(runs_dir: Path) -> ArtifactCache:
 
 def execute_plan(p: RunPlan, console) -> dict:
     """Build shared stages, run missing trials, write selection + leaderboard. Returns the leaderboard document."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     req = p.request
     cache = cache_for(req.runs_dir)
     with console.status(f"building the {p.task.name} task data (profile {p.profile})"):
         data = p.task.build(p.profile, p.task_config, cache)
     group_dir = req.runs_dir / p.task.name / p.group
-    trials_dir = group_dir / "trials"
-    trials_dir.mkdir(parents=True, exist_ok=True)
+    (group_dir / "trials").mkdir(parents=True, exist_ok=True)
+    # Two `bench run`s on one run group take turns: the second then reuses every trial the first finished.
+    waiting = lambda: console.print(f"another bench run is using {group_dir}; waiting for it to finish")  # noqa
+    with file_lock(group_dir / ".lock", on_wait=waiting):
+        return _run_group(p, data, group_dir, console)
 
+
+def _run_group(p: RunPlan, data, group_dir: Path, console) -> dict:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    req, trials_dir = p.request, group_dir / "trials"
     specs = {
         m: [TrialSpec(m, configs.to_dict(cfg), seed, data.to_json()) for seed in p.seeds]
         for m, cfg in p.method_configs.items()

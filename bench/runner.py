@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 import time
 import traceback
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from ray import tune
 
 from bench import CODE_VERSION
 from bench.artifacts import atomic_write_json, content_hash
-from bench.errors import BadInput, RuntimeFailure
+from bench.errors import BadInput
 from bench.metrics import pair_accuracy
 
 log = logging.getLogger(__name__)
@@ -159,8 +160,29 @@ def _tune_trainable(config: dict) -> None:
 # ---------------------------------------------------------------- executing many trials
 
 
+def check_resources(address: str | None, gpus_per_trial: float) -> None:
+    """Refuse, before anything is written, a cluster that cannot be reached or GPUs this machine does not have."""
+    import torch
+
+    if address and address != "auto" and not address.startswith("ray://"):
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError):
+            raise BadInput(
+                f"cannot reach a Ray cluster at {address!r}; start one there with `ray start --head`, "
+                f"or drop --address to run locally."
+            ) from None
+    if not address and gpus_per_trial > torch.cuda.device_count():
+        raise BadInput(
+            f"--gpus-per-trial {gpus_per_trial:g} asks for GPUs but this machine has "
+            f"{torch.cuda.device_count()}; use --gpus-per-trial 0 here."
+        )
+
+
 def init_ray(address: str | None, gpus_per_trial: float) -> None:
-    """Start local Ray (all cores, GPUs only if present) or join a cluster; check GPU requests can be met."""
+    """Start local Ray (all cores, GPUs only if present) or join a cluster; check GPU requests can be met, so that
+    no trial waits forever for a GPU that does not exist."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -171,9 +193,9 @@ def init_ray(address: str | None, gpus_per_trial: float) -> None:
         try:
             ray.init(address=address, **kwargs)
         except Exception as exc:
-            raise RuntimeFailure(
-                f"cannot reach a Ray cluster at {address!r} ({type(exc).__name__}); start one with `ray start --head` "
-                f"or drop --address to run locally."
+            raise BadInput(
+                f"cannot reach a Ray cluster at {address!r} ({type(exc).__name__}); start one with "
+                f"`ray start --head`, or drop --address to run locally."
             ) from None
     else:
         import torch
@@ -183,8 +205,8 @@ def init_ray(address: str | None, gpus_per_trial: float) -> None:
     if gpus_per_trial > available:
         ray.shutdown()
         raise BadInput(
-            f"--gpus-per-trial {gpus_per_trial} asks for GPUs but this Ray cluster has {available:g}; "
-            f"use --gpus-per-trial 0 here."
+            f"--gpus-per-trial {gpus_per_trial:g} asks for GPUs but this Ray cluster has {available:g}; "
+            f"use --gpus-per-trial 0 or a cluster with GPUs."
         )
 
 

@@ -128,6 +128,7 @@ def validate(req: SweepRequest) -> tuple[object, list[str]]:
     if req.gpus_per_trial < 0:
         raise BadInput(f"--gpus-per-trial {req.gpus_per_trial} is negative; use 0 (CPU) or a positive share.")
     task.config(req.profile)  # unknown profile -> BadInput
+    runner.check_resources(req.address, req.gpus_per_trial)
     return task, methods
 
 
