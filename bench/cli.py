@@ -121,8 +121,8 @@ def cmd_leaderboard(args, console) -> int:
         raise BadInput(f"no stored runs under {args.runs_dir}; run `bench run --task NAME` first.")
     for task in tasks:
         doc = leaderboard.build(leaderboard.latest_group(args.runs_dir, task))
-        json_path, md_path = leaderboard.write(doc, args.leaderboards_dir)
-        console.print(f"wrote {md_path} and {json_path}")
+        paths = leaderboard.write(doc, args.leaderboards_dir)
+        console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
     return 0
 
 

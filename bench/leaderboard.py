@@ -212,9 +212,8 @@ def render_markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def write(doc: dict, out_dir: Path) -> tuple[Path, Path]:
-    """Writes <task>.json, <task>.md and <task>.html; returns the JSON and Markdown paths (the HTML page sits
-    beside them)."""
+def write(doc: dict, out_dir: Path) -> tuple[Path, Path, Path]:
+    """Writes <task>.json, <task>.md and <task>.html; returns their paths."""
     from bench import html
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -222,5 +221,6 @@ def write(doc: dict, out_dir: Path) -> tuple[Path, Path]:
     page = html.render(doc)  # before anything is written: a plotting failure leaves the old files intact
     atomic_write_json(json_path, doc, indent=1)
     atomic_write_bytes(md_path, render_markdown(doc).encode())
-    atomic_write_bytes(out_dir / f"{doc['task']}.html", page.encode())
-    return json_path, md_path
+    html_path = out_dir / f"{doc['task']}.html"
+    atomic_write_bytes(html_path, page.encode())
+    return json_path, md_path, html_path

@@ -11,7 +11,7 @@ from pathlib import Path
 from bench import config as configs
 from bench import leaderboard, provenance, registry
 from bench.artifacts import ArtifactCache, atomic_write_json, content_hash, file_lock
-from bench.errors import BadInput
+from bench.errors import BadInput, RuntimeFailure
 from bench.runner import TrialSpec, check_resources, execute, read_result
 from bench.sweep import load_frozen
 
@@ -151,6 +151,12 @@ def _run_group(p: RunPlan, data, group_dir: Path, console) -> dict:
             job = bar.add_task("trials", total=len(pending))
             execute(pending, trials_dir, address=req.address, gpus_per_trial=req.gpus_per_trial,
                     progress=lambda: bar.advance(job))
+        unfinished = [s for s in pending if read_result(trials_dir / f"{s.trial_id}.json") is None]
+        if unfinished:  # Tune stops gracefully on Ctrl-C; leave no leaderboard built from a partial run
+            raise RuntimeFailure(
+                f"the run stopped before {len(unfinished)} of its trials finished (interrupted?); finished trials "
+                f"are kept: rerun the same command to complete it."
+            )
 
     selection = {
         "task_data": data.to_json(),
@@ -166,5 +172,6 @@ def _run_group(p: RunPlan, data, group_dir: Path, console) -> dict:
     atomic_write_json(req.runs_dir / p.task.name / "latest.json", {"group": p.group})
     with console.status("scoring and writing the leaderboard"):
         doc = leaderboard.build(group_dir)
-        leaderboard.write(doc, req.leaderboards_dir)
+        paths = leaderboard.write(doc, req.leaderboards_dir)
+    console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
     return doc
