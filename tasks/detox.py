@@ -93,6 +93,10 @@ def parse_judge(text: str) -> dict:
             raise BadInput(f"judge spec {text!r} has no 'type'.")
         return spec
     kind, _, arg = text.partition(":")
+    from bench.judges import JUDGES
+
+    if kind not in JUDGES:
+        raise BadInput(f"unknown judge type {kind!r} in {text!r}; choose from: {', '.join(sorted(JUDGES))}.")
     if not arg:
         return {"type": kind}
     option = {"bilstm": "reduce", "hf_classifier": "model", "detoxify": "model_type"}.get(kind)

