@@ -150,6 +150,11 @@ class ArtifactCache:
         return found
 
 
+def cache_for(runs_dir: Path) -> ArtifactCache:
+    """Artifacts live under the runs directory unless IRL_BENCH_CACHE names a shared one (e.g. for a cluster)."""
+    return ArtifactCache(Path(os.environ.get("IRL_BENCH_CACHE") or Path(runs_dir) / "cache").resolve())
+
+
 def write_manifest(directory: Path, kind: str, key: str, inputs: dict, **extra) -> None:
     files = {
         str(p.relative_to(directory)): file_sha256(p)

@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--gpus-per-trial", type=float, default=0.0)
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
 
+    pub = sub.add_parser("publish", help="copy a task's latest run into a committed results directory")
+    pub.add_argument("--task", required=True)
+    pub.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    pub.add_argument("--results-dir", type=Path, default=Path("results"))
+    pub.add_argument("--leaderboards-dir", type=Path, default=Path("leaderboards"))
+
     board = sub.add_parser("leaderboard", help="rebuild leaderboards from stored runs")
     board.add_argument("--task", default=None, help="one task (default: every task with stored runs)")
     board.add_argument("--runs-dir", type=Path, default=Path("runs"))
@@ -113,6 +119,14 @@ def cmd_sweep(args, console) -> int:
     return 0
 
 
+def cmd_publish(args, console) -> int:
+    from bench.publish import publish
+
+    paths = publish(args.task, args.runs_dir, args.results_dir, args.leaderboards_dir)
+    console.print(f"published to {args.results_dir}; wrote " + ", ".join(str(p) for p in paths), highlight=False)
+    return 0
+
+
 def cmd_leaderboard(args, console) -> int:
     from bench import leaderboard
 
@@ -164,10 +178,12 @@ def main(argv=None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 Tune then prints nothing; we show our own bar
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
-    console = Console(stderr=False)
+    console = Console()
+    if not console.is_terminal:  # piped output: rich would wrap the tables at 80 columns
+        console = Console(width=140)
     args = build_parser().parse_args(argv)
     handlers = {"ls": cmd_ls, "run": cmd_run, "sweep": cmd_sweep, "leaderboard": cmd_leaderboard,
-                "compare": cmd_compare}
+                "compare": cmd_compare, "publish": cmd_publish}
     try:
         return handlers[args.command](args, console)
     except (BadInput, RuntimeFailure) as exc:

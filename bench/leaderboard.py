@@ -8,10 +8,11 @@ are pure functions of the JSON document (which carries the figure data too), so 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
-from bench.artifacts import atomic_write_bytes, atomic_write_json
+from bench.artifacts import atomic_write_bytes, atomic_write_json, cache_for
 from bench.data import TaskData
 from bench.errors import BadInput
 from bench.runner import read_result
@@ -46,6 +47,10 @@ def load_trials(group_dir: Path) -> tuple[dict, TaskData, dict[str, list[dict]],
     """(selection, task data, finished trials per method, failures per method) of one stored run group."""
     selection = json.loads((group_dir / "selection.json").read_text())
     data = TaskData.from_json(selection["task_data"])
+    # A runs directory may have moved (e.g. committed results): prefer the cache that sits beside it.
+    beside = cache_for(group_dir.parent.parent)
+    if (beside.path("demos", data.demos_key) / "manifest.json").exists():
+        data = dataclasses.replace(data, cache_root=str(beside.root))
     ok, failures = {}, {}
     for method, entry in selection["methods"].items():
         for trial_id in entry["trial_ids"]:

@@ -3,14 +3,13 @@ leaderboard. Input is checked before anything is written; a rerun reuses every f
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import config as configs
 from bench import leaderboard, provenance, registry
-from bench.artifacts import ArtifactCache, atomic_write_json, content_hash, file_lock
+from bench.artifacts import atomic_write_json, cache_for, content_hash, file_lock
 from bench.errors import BadInput, RuntimeFailure
 from bench.runner import TrialSpec, check_resources, execute, read_result
 from bench.sweep import load_frozen
@@ -112,11 +111,6 @@ def check_writable(directory: Path, flag: str) -> None:
             pass
     except OSError:
         raise BadInput(f"{flag} {directory} is not a writable directory; pass {flag} DIR with a directory you can write.") from None
-
-
-def cache_for(runs_dir: Path) -> ArtifactCache:
-    """Artifacts live under the runs directory unless IRL_BENCH_CACHE names a shared one (e.g. for a cluster)."""
-    return ArtifactCache(Path(os.environ.get("IRL_BENCH_CACHE") or runs_dir / "cache").resolve())
 
 
 def execute_plan(p: RunPlan, console) -> dict:

@@ -134,7 +134,8 @@ def validate(req: SweepRequest) -> tuple[object, list[str]]:
 
 def sweep(req: SweepRequest, console) -> dict[str, dict]:
     """Run (or resume) the sweep of every requested method; returns {method: frozen record}."""
-    from bench.pipeline import cache_for, check_writable
+    from bench.artifacts import cache_for
+    from bench.pipeline import check_writable
 
     task, methods = validate(req)
     check_writable(req.runs_dir, "--runs-dir")
