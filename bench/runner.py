@@ -200,7 +200,8 @@ def init_ray(address: str | None, gpus_per_trial: float) -> None:
     else:
         import torch
 
-        ray.init(num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(), **kwargs)
+        cpus = int(os.environ.get("IRL_BENCH_CPUS") or os.cpu_count())  # leave cores to other work when set
+        ray.init(num_cpus=cpus, num_gpus=torch.cuda.device_count(), **kwargs)
     available = ray.cluster_resources().get("GPU", 0)
     if gpus_per_trial > available:
         ray.shutdown()
