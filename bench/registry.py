@@ -19,26 +19,22 @@ _TASKS: dict[str, type] = {}
 _loaded = False
 
 
-def register_method(name: str):
-    def decorate(cls):
-        if name in _METHODS and _METHODS[name] is not cls:
-            raise ValueError(f"two methods are registered as {name!r}: {_METHODS[name]} and {cls}")
-        cls.name = name
-        _METHODS[name] = cls
-        return cls
+def _registrar(table: dict[str, type], kind: str):
+    def register(name: str):
+        def decorate(cls):
+            if name in table and table[name] is not cls:
+                raise ValueError(f"two {kind} are registered as {name!r}: {table[name]} and {cls}")
+            cls.name = name
+            table[name] = cls
+            return cls
 
-    return decorate
+        return decorate
+
+    return register
 
 
-def register_task(name: str):
-    def decorate(cls):
-        if name in _TASKS and _TASKS[name] is not cls:
-            raise ValueError(f"two tasks are registered as {name!r}: {_TASKS[name]} and {cls}")
-        cls.name = name
-        _TASKS[name] = cls
-        return cls
-
-    return decorate
+register_method = _registrar(_METHODS, "methods")  # @register_method("name") on an IRLMethod subclass
+register_task = _registrar(_TASKS, "tasks")  # @register_task("name") on a Task subclass
 
 
 def load_plugins() -> None:
