@@ -27,7 +27,7 @@ from ray import tune
 from bench import config as configs
 from bench import provenance, registry
 from bench.artifacts import atomic_write_json, content_hash
-from bench.errors import BadInput
+from bench.errors import BadInput, RuntimeFailure
 from bench import runner
 from bench.runner import TrialSpec, _ProgressCallback, init_ray, read_result, run_trial
 
@@ -167,6 +167,12 @@ def sweep(req: SweepRequest, console) -> dict[str, dict]:
         started = time.time()
         if pending:
             _run_tune(pending, sweep_dir, req, console, name=f"sweep-{content_hash([i['config_id'] for i in items], 10)}")
+            unfinished = [it for it in pending if not Path(it["record_path"]).exists()]
+            if unfinished:  # Tune stops gracefully on Ctrl-C; never freeze the best of a partial sweep
+                raise RuntimeFailure(
+                    f"the sweep of {method} stopped before {len(unfinished)} configurations finished (interrupted?); "
+                    f"finished fits are kept: rerun with --resume to complete it."
+                )
         frozen[method] = freeze(method, task.name, req, data, items, fits_dir, time.time() - started)
     return frozen
 
