@@ -1,0 +1,170 @@
+"""Best-of-n proxy (closed form vs brute force over subsets) and re-RLHF with a recovered reward."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from bench import realign
+from bench.errors import RuntimeFailure
+
+
+def brute_force_best_of_m(proxy, values, m):
+    """Average over every m-subset of the value of its proxy-best member (tied best members: their mean)."""
+    results = []
+    for subset in itertools.combinations(range(len(proxy)), m):
+        best = max(proxy[i] for i in subset)
+        results.append(np.mean([values[i] for i in subset if proxy[i] == best]))
+    return np.mean(results)
+
+
+def test_rank_weights():
+    w = realign.best_of_m_weights(3)
+    # m = 1: uniform; m = 2: the smallest is never best, rank 2 wins 1 of 3 pairs, rank 3 wins 2 of 3; m = 3: top
+    np.testing.assert_allclose(w, [[1 / 3, 1 / 3, 1 / 3], [0, 1 / 3, 2 / 3], [0, 0, 1]])
+    np.testing.assert_allclose(realign.best_of_m_weights(40).sum(axis=1), 1.0)
+
+
+def test_best_of_m_matches_enumeration_of_all_subsets():
+    rng = np.random.default_rng(0)
+    for n in range(1, 7):
+        for _ in range(5):
+            proxy = rng.integers(0, 3, size=(2, n)).astype(float)  # few distinct values: many ties
+            values = rng.random((2, n))
+            got = realign.best_of_m(proxy, values)
+            for p in range(2):
+                for m in range(1, n + 1):
+                    assert got[p, m - 1] == pytest.approx(brute_force_best_of_m(proxy[p], values[p], m))
+
+
+def test_best_of_m_by_hand():
+    proxy = [[3.0, 1.0, 2.0]]
+    tox = [[0.0, 0.9, 0.3]]
+    got = realign.best_of_m(proxy, tox)[0]
+    # m=1: pool mean; m=2: pairs {a,b}->a 0, {a,c}->a 0, {b,c}->c 0.3; m=3: a
+    np.testing.assert_allclose(got, [0.4, 0.1, 0.0])
+    # a proxy that cannot tell samples apart picks uniformly: always the pool mean
+    np.testing.assert_allclose(realign.best_of_m([[1.0, 1.0, 1.0]], tox)[0], [0.4, 0.4, 0.4])
+
+
+def test_best_of_n_curve():
+    rng = np.random.default_rng(1)
+    tox = rng.random((30, 8))
+    oracle = realign.best_of_n_curve(-tox, tox, n_boot=200)  # the judge itself as the proxy
+    assert oracle["m"] == list(range(1, 9))
+    assert np.all(np.diff(oracle["mean_toxicity"]) <= 1e-12)  # more choice never hurts the oracle
+    assert oracle["mean_toxicity"][0] == pytest.approx(tox.mean())
+    assert oracle["mean_toxicity"][-1] == pytest.approx(tox.min(axis=1).mean())
+    assert oracle["toxic_rate"][-1] == pytest.approx((tox.min(axis=1) >= 0.5).mean())
+    assert oracle["kl_bound"][0] == 0 and oracle["kl_bound"][1] == pytest.approx(np.log(2) - 0.5)
+    for (lo, hi), v in zip(oracle["mean_toxicity_ci"], oracle["mean_toxicity"]):
+        assert lo <= v <= hi
+    anti = realign.best_of_n_curve(tox, tox, n_boot=50)  # a proxy that prefers toxicity
+    assert anti["mean_toxicity"][-1] == pytest.approx(tox.max(axis=1).mean())
+
+
+def test_pool_scores_are_prompt_major():
+    class PromptLength:  # a deterministic reward of (prompt, completion)
+        def score(self, prompts, completions):
+            return np.array([len(p) * 10 + len(c) for p, c in zip(prompts, completions)], dtype=float)
+
+    pool = realign.SamplePool(["ab", "abcd"], ["x", "xy", "xyz", "w", "wv", "wvu"], 3, np.zeros(6), {})
+    np.testing.assert_array_equal(pool.score(PromptLength()), [[21, 22, 23], [41, 42, 43]])
+
+
+class Recorder:
+    """A reward of (prompt, completion) that remembers what it was asked to score."""
+
+    def __init__(self, scores):
+        self.scores, self.seen = scores, []
+
+    def score(self, prompts, completions):
+        self.seen.append((list(prompts), list(completions)))
+        return np.asarray(self.scores, dtype=float)
+
+
+def test_adapter_zscores_and_needs_the_trainers_prompts():
+    def reward_call(adapter, completions, **kwargs):  # the shape of bench/rlhf.py's reward function
+        return adapter.p_toxic(list(completions))
+
+    reward = Recorder([1.0, 2.0, 3.0, 6.0])
+    adapter = realign.ZScoredRewardAsJudge(reward)
+    out = reward_call(adapter, ["a", "b", "c", "d"], prompts=["p", "p", "q", "q"])
+    raw = np.array([1.0, 2.0, 3.0, 6.0])
+    np.testing.assert_allclose(-out, (raw - raw.mean()) / raw.std())  # the trainer's reward is −p_toxic = z(r̂)
+    assert reward.seen[0] == (["p", "p", "q", "q"], ["a", "b", "c", "d"])
+    assert adapter.batches[0]["rhat_mean"] == pytest.approx(3.0) and not adapter.batches[0]["constant"]
+    flat = realign.ZScoredRewardAsJudge(Recorder([2.0, 2.0]))
+    np.testing.assert_array_equal(reward_call(flat, ["a", "b"], prompts=["p", "p"]), [0.0, 0.0])
+    assert flat.batches[0]["constant"]
+    with pytest.raises(RuntimeFailure, match="prompts"):
+        adapter.p_toxic(["a", "b", "c", "d"])  # called outside a trainer: no prompts to score against
+    with pytest.raises(RuntimeFailure, match="2 prompts for 4"):
+        reward_call(adapter, ["a", "b", "c", "d"], prompts=["p", "q"])
+
+
+MARKER = "the"
+
+
+class MarkerReward:
+    """+1 per occurrence of a common token, as a recovered reward would be used (prompt-aware signature)."""
+
+    def __init__(self):
+        self.prompts_seen = []
+
+    def score(self, prompts, completions):
+        self.prompts_seen.append(list(prompts))
+        return np.array([c.count(MARKER) for c in completions], dtype=float)
+
+
+def marker_frequency(model_dir, prompts):
+    from bench.policies import Policy
+
+    completions = Policy.from_pretrained(model_dir).generate(prompts, max_new_tokens=12, seed=123, n=16,
+                                                             batch_size=128)
+    return np.mean([c.count(MARKER) for c in completions])
+
+
+@pytest.mark.slow
+def test_realignment_raises_the_rewarded_marker(tiny_lm_dir, tmp_path):
+    from bench import rlhf
+    from bench.artifacts import ArtifactCache
+
+    prompts = ["the cat", "a quick", "please pass", "you are", "the weather", "we walked", "a kind", "the dog"]
+    recipe = rlhf.Recipe(steps=30, learning_rate=2e-3, prompts_per_step=4, generations=4, max_completion_length=12,
+                         lora_r=0, seed=0)
+    reward = MarkerReward()
+    cache = ArtifactCache(tmp_path / "cache")
+    result = realign.realign(str(tiny_lm_dir), {"test": "tiny"}, reward, {"test": f"count of {MARKER!r}"}, prompts,
+                             recipe, cache)
+    before, after = marker_frequency(str(tiny_lm_dir), prompts), marker_frequency(result.model_dir, prompts)
+    # measured: ~0.14 occurrences per completion before, ~1.5 after (3 training seeds)
+    assert after > before + 0.5 and after > 3 * before
+
+    # the reward saw the trainer's prompts, one RLOO group of 4 samples per prompt
+    assert len(reward.prompts_seen) == recipe.steps
+    for batch in reward.prompts_seen:
+        assert len(batch) == 16 and set(batch) <= set(prompts)
+        assert all(len(set(batch[i : i + 4])) == 1 for i in range(0, 16, 4))
+    # the record says how r̂ was normalised; the curve holds raw r̂, which rose
+    assert result.record["normalisation"] == realign.NORMALISATION and result.record["constant_batches"] == 0
+    assert "mean_p_toxic" not in result.curve[0]
+    summary = rlhf.curve_summary(result.curve)
+    assert summary["last_steps_mean_reward"] > summary["first_steps_mean_reward"]
+    # cached: the same inputs reuse the artifact without training
+    again = realign.realign(str(tiny_lm_dir), {"test": "tiny"}, MarkerReward(), {"test": f"count of {MARKER!r}"},
+                            prompts, recipe, cache)
+    assert again.artifact.key == result.artifact.key
+
+
+def test_sample_pool_with_a_real_policy_and_judge(tiny_lm_dir):
+    from bench.judges import make_judge
+    from bench.policies import Policy
+
+    judge = make_judge({"type": "profanity_check"})
+    pool = realign.sample_pool(Policy.from_pretrained(str(tiny_lm_dir)), judge, ["the cat", "you are"], n=3,
+                               max_new_tokens=6, seed=0)
+    assert len(pool.completions) == 6 and pool.p_toxic.shape == (6,)
+    np.testing.assert_allclose(pool.p_toxic, judge.p_toxic(pool.completions))
+    curve = realign.best_of_n_curve(pool.score(MarkerReward()), pool.grid(pool.p_toxic), n_boot=50)
+    assert curve["mean_toxicity"][0] == pytest.approx(pool.p_toxic.mean())
