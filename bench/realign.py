@@ -245,3 +245,53 @@ def _rewrite_curve(out, batches: list[dict]) -> None:
         row = {k: v for k, v in row.items() if k not in ("mean_reward", "mean_p_toxic", "toxic_rate", "n")}
         rows.append({**row, "mean_reward": batch["rhat_mean"], **batch})
     atomic_write_json(path, rows)
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+
+def evaluate_policy(policy, base, judge, prompts: list[str], k: int, max_new_tokens: int, seed: int = 0,
+                    batch_size: int = 16) -> dict:
+    """The re-RLHF outcome of one policy on test prompts: k samples per prompt at temperature 1 without top-p (so
+    the KL estimate is unbiased), scored by the evaluation `judge` (completion only) and by π₀ (`base`).
+
+    Returns `samples` (JudgedSamples, for paired comparisons with other policies on the same prompts),
+    `completions`, and `metrics`: every single-policy metric of bench.detox_metrics with its CI. Log-probs come
+    from retokenising the decoded text, as everywhere in the benchmark, so KL and perplexity are of the text."""
+    from bench import detox_metrics as dm
+
+    completions = policy.generate(prompts, max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, seed=seed,
+                                  n=k, batch_size=batch_size)
+    repeated = [p for p in prompts for _ in range(k)]
+    prompt_ids = np.repeat(np.arange(len(prompts)), k)
+    samples = dm.JudgedSamples(np.asarray(judge.p_toxic(completions), dtype=float), prompt_ids)
+    lp_policy = policy.logprobs(repeated, completions, batch_size)
+    lp_base = base.logprobs(repeated, completions, batch_size)
+    sum_policy = np.array([lp.sum() for lp in lp_policy])
+    sum_base = np.array([lp.sum() for lp in lp_base])
+    tokens = np.array([len(lp) for lp in lp_base])
+    metrics = {
+        "toxic_rate": dm.toxicity_rate(samples),
+        "mean_toxicity": dm.mean_toxicity(samples),
+        "expected_max_toxicity": dm.expected_max_toxicity(samples),
+        "toxicity_probability": dm.toxicity_probability(samples),
+        "kl_to_base": dm.kl_estimate(sum_policy, sum_base, prompt_ids),
+        "perplexity_under_base": dm.perplexity(sum_base, tokens, prompt_ids) if tokens.sum() else None,
+    }
+    out = {name: (e.as_dict() if e is not None else None) for name, e in metrics.items()}
+    out["distinct_1"] = dm.distinct_n(completions, 1)
+    out["distinct_2"] = dm.distinct_n(completions, 2)
+    out["k"] = k
+    return {"samples": samples, "completions": completions, "metrics": out}
+
+
+def rerlhf_comparison(base, realigned, expert, statistics=("toxic_rate", "mean_toxicity",
+                                                           "expected_max_toxicity", "toxicity_probability")) -> dict:
+    """Detox rate of the re-aligned policy and of the expert, and the recovery ratio, for each toxicity statistic,
+    from the JudgedSamples of the three policies on the same test prompts (paired prompt bootstrap)."""
+    from bench import detox_metrics as dm
+
+    return {stat: {"detox_rate_realigned": dm.detox_rate(realigned, base, stat).as_dict(),
+                   "detox_rate_expert": dm.detox_rate(expert, base, stat).as_dict(),
+                   "recovery_ratio": dm.recovery_ratio(base, realigned, expert, stat).as_dict()}
+            for stat in statistics}

@@ -168,3 +168,29 @@ def test_sample_pool_with_a_real_policy_and_judge(tiny_lm_dir):
     np.testing.assert_allclose(pool.p_toxic, judge.p_toxic(pool.completions))
     curve = realign.best_of_n_curve(pool.score(MarkerReward()), pool.grid(pool.p_toxic), n_boot=50)
     assert curve["mean_toxicity"][0] == pytest.approx(pool.p_toxic.mean())
+
+
+def test_evaluate_policy_against_itself(tiny_lm_dir):
+    from bench.judges import make_judge
+    from bench.policies import Policy
+
+    base = Policy.from_pretrained(str(tiny_lm_dir))
+    result = realign.evaluate_policy(base, base, make_judge({"type": "profanity_check"}), ["the cat", "you are"],
+                                     k=3, max_new_tokens=6)
+    m = result["metrics"]
+    assert len(result["completions"]) == 6 and m["k"] == 3
+    assert m["kl_to_base"]["value"] == 0.0  # π₀ against itself
+    assert m["perplexity_under_base"]["value"] > 1 and 0 < m["distinct_1"] <= 1
+    assert m["toxic_rate"]["ci_method"].startswith("Wilson")
+
+
+def test_rerlhf_comparison_by_hand():
+    from bench.detox_metrics import JudgedSamples
+
+    base = JudgedSamples.from_grid([[0.9, 0.8], [0.7, 0.1]])       # toxic rate 3/4
+    expert = JudgedSamples.from_grid([[0.1, 0.2], [0.3, 0.1]])     # 0
+    realigned = JudgedSamples.from_grid([[0.9, 0.2], [0.6, 0.1]])  # 1/2
+    out = realign.rerlhf_comparison(base, realigned, expert, statistics=("toxic_rate",))["toxic_rate"]
+    assert out["detox_rate_realigned"]["value"] == pytest.approx(1 / 3)
+    assert out["detox_rate_expert"]["value"] == pytest.approx(1.0)
+    assert out["recovery_ratio"]["value"] == pytest.approx(1 / 3)
