@@ -257,8 +257,8 @@ def perplexity(sum_logprobs, token_counts, prompt_ids, n_boot: int = N_BOOT, see
         raise ValueError("no completion tokens: perplexity is undefined")
     labels, col = np.unique(ids, return_inverse=True)
     w = _weights(len(labels), n_boot, seed)
-    nll, count = w @ np.bincount(col, weights=-lp, minlength=len(labels)), w @ np.bincount(col, weights=tokens,
-                                                                                         minlength=len(labels))
+    nll = w @ np.bincount(col, weights=-lp, minlength=len(labels))
+    count = w @ np.bincount(col, weights=tokens, minlength=len(labels))
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         reps = np.where(count > 0, np.exp(nll / np.where(count > 0, count, 1)), np.nan)
     return _bootstrap_estimate(reps, len(labels))
