@@ -179,7 +179,10 @@ class FrozenLMFeatures:
     Spec: {"type": "frozen_lm", "model": hub id or HF directory, "dim": hidden size, "max_length": int,
     "features_dir": directory with features.npy (float32 rows), keys.json (their `text_key`s) and
     standardise.json ({"mean": [...], "std": [...]})}. Texts found in the table cost a lookup; any other text is
-    encoded with the backbone, loaded on first need."""
+    encoded with the backbone, loaded on first need.
+
+    Not yet here (future work, for GPUs): an encoder whose last k backbone layers train with the head, as in the
+    papers' reward models; it would be an `nn.Module` encoder registered the same way."""
 
     def __init__(self, spec: dict):
         import json

@@ -1,0 +1,133 @@
+"""Wall time per stage and peak memory of the detox task, cold (empty cache) and warm (everything cached), and of
+`bench run --methods all --task detox --seeds N` on top of the warm cache.
+
+    OMP_NUM_THREADS=1 python benchmarks/detox_default.py [--profile default] [--seeds 3] [--workdir /tmp/detoxrun]
+        [--skip-run]
+
+Stage times come from the task's progress callback: a stage's time runs from the end of the previous stage to
+the end of this one, so model loads are charged to the stage that needs them. Peak memory is the maximum resident
+set size of the process tree, sampled every 0.5 s (the Ray workers of `bench run` included). Results are printed
+and written to WORKDIR/benchmark-<profile>.json. Timings come from a shared 2-core machine: compare runs made in
+the same conditions only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+BUILD = r"""
+import json, sys, time, resource
+import torch
+torch.set_num_threads(1)
+from bench import registry
+from bench.artifacts import ArtifactCache
+task = registry.get_task("detox")
+profile, cache_root, out = sys.argv[1], sys.argv[2], sys.argv[3]
+events = []
+start = time.time()
+def progress(stage, done, total):
+    if done == total:
+        events.append({"stage": stage, "end": time.time() - start, "units": total})
+data = task.build(profile, task.config(profile), ArtifactCache(cache_root), progress=progress)
+total = time.time() - start
+stages, last = [], 0.0
+for e in events:
+    stages.append({"stage": e["stage"], "seconds": round(e["end"] - last, 2), "units": e["units"]})
+    last = e["end"]
+stages.append({"stage": "(rest: prompts, loads, artifact writes)", "seconds": round(total - last, 2)})
+json.dump({"total_seconds": round(total, 2), "stages": stages,
+           "peak_rss_mb_self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "summary": data.summary}, open(out, "w"), indent=1, default=str)
+"""
+
+
+def tree_rss_mb(pid: int) -> float:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+def run_measured(cmd: list[str], cwd: Path, env: dict) -> dict:
+    """Run `cmd`, sampling the resident memory of its process tree; wall time, peak tree RSS, exit code."""
+    started = time.time()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], tree_rss_mb(proc.pid))
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output = proc.communicate()[0]
+    done.set()
+    sampler.join()
+    return {"seconds": round(time.time() - started, 2), "peak_tree_rss_mb": round(peak[0]), "returncode": proc.returncode,
+            "output_tail": output[-2000:]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="default")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/detoxrun"))
+    parser.add_argument("--skip-run", action="store_true", help="measure the task build only")
+    args = parser.parse_args()
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    cache = work / "runs" / "cache"  # where `bench run` in WORKDIR looks, so the run reuses the measured build
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
+    report = {"profile": args.profile, "workdir": str(work), "cpus": os.cpu_count()}
+    for phase in ("cold", "warm"):
+        if phase == "cold" and cache.exists() and any(cache.iterdir()):
+            print(f"note: {cache} is not empty, so the 'cold' build reuses what is there (wipe it for a cold run)")
+        out = work / f"build-{phase}.json"
+        measured = run_measured([sys.executable, "-c", BUILD, args.profile, str(cache), str(out)], work, env)
+        if measured["returncode"] != 0:
+            print(measured["output_tail"])
+            return 1
+        built = json.loads(out.read_text())
+        report[f"build_{phase}"] = {"wall_seconds": measured["seconds"], "peak_tree_rss_mb": measured["peak_tree_rss_mb"],
+                                    "build_seconds": built["total_seconds"], "stages": built["stages"]}
+        report["task_summary_detox"] = built["summary"].get("detox")
+        report["expert"] = {k: v for k, v in built["summary"]["expert"].items() if k != "recipe"}
+        print(f"{phase} build: {measured['seconds']} s wall, peak {measured['peak_tree_rss_mb']} MB")
+        for s in built["stages"]:
+            print(f"  {s['stage']:<42} {s['seconds']:>8.1f} s")
+    if not args.skip_run:
+        measured = run_measured([sys.executable, "-m", "bench.cli", "run", "--methods", "all", "--task", "detox",
+                                 "--profile", args.profile, "--seeds", str(args.seeds)], work, env)
+        report["bench_run"] = {k: v for k, v in measured.items() if k != "output_tail"}
+        print(f"bench run --seeds {args.seeds} (warm task build + trials + leaderboard): {measured['seconds']} s wall, "
+              f"peak {measured['peak_tree_rss_mb']} MB, exit {measured['returncode']}")
+        print(measured["output_tail"])
+        if measured["returncode"] != 0:
+            return 1
+    (work / f"benchmark-{args.profile}.json").write_text(json.dumps(report, indent=1, default=str))
+    print(f"wrote {work / f'benchmark-{args.profile}.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
