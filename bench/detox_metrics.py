@@ -217,15 +217,20 @@ def recovery_ratio(base: JudgedSamples, realigned: JudgedSamples, expert: Judged
                    n_boot: int = N_BOOT, seed: int = 0) -> Estimate:
     """Recovery ratio of a re-aligned policy (see recovery_ratio_value) with a paired prompt-bootstrap CI.
     When the expert's own improvement is below `min_gap` the value is NaN and `note` says why; resamples in which
-    the gap vanishes are left out of the interval."""
+    the gap vanishes are left out of the interval. When the improvement's own CI includes 0, the ratio divides by
+    noise (it can come out at 3 or −1 from one sample), and `note` says so: read the interval, not the value."""
     table = _PromptTable([base, realigned, expert], threshold)
     w = _weights(len(table.labels), n_boot, seed)
     t0, tr, te = (table.replicates(s, statistic, w) for s in (base, realigned, expert))
     reps = recovery_ratio_value(t0, tr, te, min_gap)
+    gap, (gap_lo, gap_hi) = t0[0] - te[0], percentile_ci((t0 - te)[1:])
     note = ""
     if not np.isfinite(reps[0]):
-        note = (f"undefined: the expert changed {statistic} by {t0[0] - te[0]:+.4g} (|gap| < {min_gap}), "
+        note = (f"undefined: the expert changed {statistic} by {-gap:+.4g} (|gap| < {min_gap}), "
                 f"so there is no detoxification to recover")
+    elif gap_lo <= 0 <= gap_hi:
+        note = (f"unreliable: the expert's own improvement in {statistic}, {gap:.4g} [{gap_lo:.4g}, {gap_hi:.4g}], "
+                f"is not distinguishable from 0")
     return _bootstrap_estimate(reps, len(table.labels), note)
 
 

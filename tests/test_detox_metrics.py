@@ -103,6 +103,11 @@ def test_recovery_ratio_with_samples():
     assert np.isfinite(e.ci).all()
     flat = dm.recovery_ratio(base, realigned, base)
     assert math.isnan(flat.value) and "expert" in flat.note
+    # an expert whose improvement (2/6 -> 1/6) flips sign when prompt 1 is resampled: defined, but flagged
+    noisy_base = dm.JudgedSamples.from_grid([[0.6, 0.6], [0.1, 0.1], [0.1, 0.1]])
+    noisy_expert = dm.JudgedSamples.from_grid([[0.1, 0.1], [0.6, 0.1], [0.1, 0.1]])
+    noisy = dm.recovery_ratio(noisy_base, noisy_base, noisy_expert)
+    assert noisy.value == 0.0 and noisy.note.startswith("unreliable")
 
 
 def test_distinct_n():
