@@ -15,6 +15,11 @@ re-RLHF
     `realign` re-runs the expert recipe of bench/rlhf.py from π₀ with r̂ as the reward, z-scored within each reward
     batch (r̂'s scale and offset are unidentified, so the recipe's learning rate would otherwise mean something
     different for every method; a z-score makes one recipe comparable across methods and with the expert).
+    Caveat: with β > 0 TRL adds the KL penalty to the reward, so the z-score also fixes the reward-to-KL ratio,
+    which differs from the expert's raw −P(toxic) (a spread of ~0.1). On the smoke profile, re-aligning with R*
+    itself through this route drifted to KL ≈ 52 nats (perplexity under π₀ ≈ 1,250) where π_E stopped at ≈ 5 nats.
+    Recovery ratios are therefore best read against an oracle re-aligned the same way (`realign` with R*) as well
+    as against π_E, together with the KL and perplexity guards.
 """
 
 from __future__ import annotations
