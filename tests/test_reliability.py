@@ -4,6 +4,7 @@ trials, concurrent runs, the ground-truth quarantine of method code, and determi
 import ast
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -114,7 +115,9 @@ def test_interrupted_run_completes_on_rerun(tmp_path, reference, sig, point):
 
     again = bench(*RUN, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert f"{N_TRIALS} trials: {len(before)} reused, {N_TRIALS - len(before)} to run" in again.stdout
+    # a Ray worker may still finish the trial it was running after the driver is gone: it is reused too
+    reused, to_run = map(int, re.search(r"(\d+) reused, (\d+) to run", again.stdout).groups())
+    assert reused >= len(before) and reused + to_run == N_TRIALS
     after = trial_files(tmp_path)
     assert len(after) == N_TRIALS
     assert all(after[name] == mtime for name, mtime in before.items())  # finished trials were not redone
