@@ -67,8 +67,12 @@ def load_trials(group_dir: Path) -> tuple[dict, TaskData, dict[str, list[dict]],
 
 
 def build(group_dir: Path) -> dict:
-    """The leaderboard document of one run group."""
-    return assemble(*load_trials(group_dir))
+    """The leaderboard document of one run group. BLAS runs single-threaded here: a multi-threaded matrix product
+    sums in another order, and the last digits (so the rounded numbers) would depend on the thread count."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return assemble(*load_trials(group_dir))
 
 
 def assemble(selection: dict, data: TaskData, ok: dict[str, list[dict]], failures: dict[str, list[dict]]) -> dict:
