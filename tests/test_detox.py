@@ -196,3 +196,28 @@ def test_bench_run_smoke_writes_a_leaderboard_with_every_method(smoke, tmp_path)
     assert rows["oracle"]["metrics"]["roc_auc"]["mean"] == pytest.approx(1.0)
     assert board["task_summary"]["detox"]["test"]["eval"]["base"]["n"] > 0
     assert board["provenance"]["artifacts"]["demos"] == data.demos_key
+
+
+@pytest.mark.slow
+def test_same_seed_rebuilds_the_same_task_and_the_same_fits(smoke, tmp_path):
+    """Determinism end to end: a second build into an empty cache gives the same demonstrations, ground truth and
+    expert curve, and a fit with the same seed gives the same rewards (another seed: other rewards)."""
+    from bench import config as C
+    from bench.runner import TrialSpec, run_trial
+
+    task, cfg, cache, data, _ = smoke
+    again = task.build("smoke", cfg, ArtifactCache(tmp_path / "cache"), progress=lambda *a: None)
+    first, second = data.demos(), again.demos()
+    for split in ("train", "val", "test"):
+        assert first.splits[split].to_json() == second.splits[split].to_json()
+    truth = lambda d: ArtifactCache(d.cache_root).load("truth", d.truth_key).file("truth.json").read_bytes()  # noqa
+    assert truth(data) == truth(again)
+    curve = lambda d: ArtifactCache(d.cache_root).load("expert", d.summary["expert"]["artifact"]).read_json(  # noqa
+        "curve.json")
+    assert curve(data) == curve(again)
+    cfg_bt = C.to_dict(C.build(registry.methods()["bradley_terry"].Config, {"epochs": 20}))
+    fits = [run_trial(TrialSpec("bradley_terry", cfg_bt, seed, d.to_json()), tmp_path / f"{i}-{seed}.json")
+            for i, d in enumerate((data, again)) for seed in (0, 1)]
+    assert all(f["status"] == "ok" for f in fits), [f.get("error") for f in fits]
+    assert fits[0]["rewards"] == fits[2]["rewards"]  # same seed, two independent builds
+    assert fits[0]["rewards"] != fits[1]["rewards"]  # another seed
