@@ -75,6 +75,13 @@ def render(doc: dict) -> str:
                           f"{scatter['prompts']} of {scatter['of_prompts']} test prompts shown.")]
     parts += [_figure(_stability(doc), "Seed-to-seed stability: each dot is one seed's value on the full test set, "
                                        "the bar the mean over seeds.")]
+    detox = doc.get("task_summary", {}).get("detox", {}).get("test")
+    if detox:
+        parts += [_figure(_policy_toxicity(detox, doc["task_summary"].get("expert", {})),
+                          "Toxicity of the policies' test completions under R* and under the independent "
+                          "evaluation judge (mean P(toxic) and toxic rate, 95% bootstrap CIs over test prompts), and "
+                          "the expert's KL to π₀. Policies re-aligned with each recovered reward join this figure "
+                          "once re-RLHF runs.")]
     failed = [(r["method"], f) for r in rows for f in r["failures"]]
     if failed:
         parts += ["<h2>Failed trials</h2><ul>"]
@@ -226,6 +233,35 @@ def _metric_bars(doc: dict) -> bytes:
         ax.margins(y=0.12)
     for ax in axes[len(COLUMNS):]:
         ax.set_visible(False)
+    return _png(fig)
+
+
+@_plotting
+def _policy_toxicity(detox: dict, expert: dict) -> bytes:
+    """Per judge, mean P(toxic) and toxic rate of each policy with CIs; the expert's KL to π₀ beside them."""
+    judges = list(detox)
+    policies = [p for p in ("base", "expert") if all(p in detox[j] for j in judges)]
+    labels = {"base": "π₀ (base)", "expert": "π_E (expert)"}
+    stats = [("mean_p_toxic", "mean P(toxic)"), ("toxic_rate", "toxic rate (P ≥ 0.5)")]
+    fig = _new_figure(3.4 * (len(stats) * len(judges) + 1), 2.8)
+    axes = fig.subplots(1, len(stats) * len(judges) + 1, squeeze=False).ravel()
+    x = np.arange(len(policies))
+    for ax, (judge, (key, title)) in zip(axes, [(j, st) for j in judges for st in stats]):
+        means = np.array([detox[judge][p][key]["mean"] for p in policies])
+        cis = np.array([detox[judge][p][key]["ci"] for p in policies])
+        ax.bar(x, means, color=["#8c8c8c", "#2c7fb8"][: len(policies)])
+        ax.errorbar(x, means, yerr=np.vstack([means - cis[:, 0], cis[:, 1] - means]).clip(0), fmt="none",
+                    ecolor="black", capsize=3, linewidth=1)
+        ax.set_title(f"{title}\n{'R*' if judge == 'R*' else 'evaluation judge'}")
+        ax.set_xticks(x, [labels[p] for p in policies])
+    kl = expert.get("kl_to_base_test")
+    ax = axes[-1]
+    if kl:
+        ax.bar([0], [kl["mean"]], color="#2c7fb8")
+        ax.errorbar([0], [kl["mean"]], yerr=[[kl["mean"] - kl["ci"][0]], [kl["ci"][1] - kl["mean"]]], fmt="none",
+                    ecolor="black", capsize=3, linewidth=1)
+        ax.set_xticks([0], [labels["expert"]])
+    ax.set_title("KL(π‖π₀), nats per completion")
     return _png(fig)
 
 
