@@ -84,7 +84,6 @@ def test_synthetic_end_to_end(tmp_path):
     trials = sorted((tmp_path / "runs/synthetic/default/trials").glob("*.json"))
     assert len(trials) == 21
     before = {p: p.stat().st_mtime_ns for p in trials}
-    md_before = (tmp_path / "leaderboards/synthetic.md").read_bytes()
     json_before = (tmp_path / "leaderboards/synthetic.json").read_bytes()
 
     again = run_bench("run", "--methods", "all", "--task", "synthetic", "--seeds", "3", cwd=tmp_path)
@@ -92,12 +91,6 @@ def test_synthetic_end_to_end(tmp_path):
     assert "21 trials: 21 reused, 0 to run" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in trials} == before
 
-    rebuilt = run_bench("leaderboard", cwd=tmp_path)
-    assert rebuilt.returncode == 0, rebuilt.stderr
-    assert (tmp_path / "leaderboards/synthetic.json").read_bytes() != b""
-    # the rerun recorded a new provenance start time; rebuilding from that stored run reproduces it exactly
-    first = (tmp_path / "leaderboards/synthetic.md").read_bytes()
-    assert run_bench("leaderboard", cwd=tmp_path).returncode == 0
-    assert (tmp_path / "leaderboards/synthetic.md").read_bytes() == first
-    assert md_before.split(b"## Provenance")[0] == first.split(b"## Provenance")[0]
+    # the rerun rewrote the leaderboard from the same trials: same rows (byte-identical rebuilds by
+    # `bench leaderboard` are tested in tests/test_leaderboard_html.py)
     assert json.loads(json_before)["rows"] == json.loads((tmp_path / "leaderboards/synthetic.json").read_text())["rows"]

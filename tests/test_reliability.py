@@ -96,8 +96,8 @@ def trial_files(cwd):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-@pytest.mark.parametrize("point", ["trials", "leaderboard"])
+@pytest.mark.parametrize("point, sig", [("trials", signal.SIGINT), ("trials", signal.SIGKILL),
+                                        ("leaderboard", signal.SIGKILL)])
 def test_interrupted_run_completes_on_rerun(tmp_path, reference, sig, point):
     proc = start(tmp_path)
     trials = tmp_path / "runs/synthetic/tiny/trials"
