@@ -164,7 +164,6 @@ def print_summary(doc, console) -> None:
     for row in doc["rows"]:
         cells = []
         for m in shown:
-            stat = row["metrics"].get(m)
             text, mark = format_stat(row["metrics"].get(m)), standing(row, m)
             cells.append(f"[bold]{text}[/bold]" if mark == "best" else f"{text} {TIE_MARK}" if mark == "tied" else text)
         seeds = f"{row['n_seeds']}" + (f" ({len(row['failures'])} failed)" if row["failures"] else "")

@@ -213,7 +213,7 @@ def render_markdown(doc: dict) -> str:
         f"- seeds: {', '.join(str(s) for s in prov['seeds'])}",
         f"- task config: `{json.dumps(prov['task_config'], sort_keys=True)}`",
         f"- artifacts: demos `{prov['artifacts']['demos']}`, truth `{prov['artifacts']['truth']}`",
-        f"- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(prov["versions"].items())),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(prov["versions"].items())),
         f"- hardware: {prov['hardware']}",
         f"- run started: {prov['started']}",
         "",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.artifacts import ArtifactCache, atomic_write_json
+from bench import config as configs
 from bench.config import param
 from bench.data import Completions, Demonstrations, Split, TaskData
 from bench.errors import BadInput
@@ -98,7 +99,7 @@ class Synthetic(Task):
     }
 
     def build(self, profile, cfg, cache: ArtifactCache, progress=None) -> TaskData:
-        inputs = {"task": self.name, "config": _as_dict(cfg)}
+        inputs = {"task": self.name, "config": configs.to_dict(cfg)}
         generated = {}
 
         def generate():
@@ -151,12 +152,6 @@ class LinearTokenReward:
             [sum(self.weights.get(t, 0.0) for t in c.split()) + self.offsets.get(p, 0.0)
              for p, c in zip(prompts, completions)]
         )
-
-
-def _as_dict(cfg) -> dict:
-    from dataclasses import asdict
-
-    return asdict(cfg)
 
 
 def _generate(cfg: SyntheticConfig) -> dict:
