@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. auto) instead of local Ray")
     run.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (fractions allowed)")
     run.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    run.add_argument("--rerlhf", default=None, metavar="MODE",
+                     help="re-align π₀ with each recovered reward: rloo | grpo | bon (best-of-n only) | off; default: "
+                          "the expert's own algorithm on tasks with policies (detox), off elsewhere")
+    run.add_argument("--rerlhf-seeds", type=int, default=1,
+                     help="re-align with the rewards of seeds 0..N-1 of each method (each costs an RLHF run)")
 
     sweep = sub.add_parser("sweep", help="tune a method on validation pairs; freeze the best config for `bench run`")
     target = sweep.add_mutually_exclusive_group(required=True)
@@ -90,6 +95,7 @@ def cmd_run(args, console) -> int:
         task=args.task, methods=args.methods, profile=args.profile, seeds=args.seeds, runs_dir=args.runs_dir,
         leaderboards_dir=args.leaderboards_dir, assignments=args.set, address=args.address,
         gpus_per_trial=args.gpus_per_trial, bootstrap=args.bootstrap, tuned_dir=args.tuned_dir,
+        rerlhf=args.rerlhf, rerlhf_seeds=args.rerlhf_seeds,
     )
     plan = pipeline.plan(request)
     doc = pipeline.execute_plan(plan, console)

@@ -75,13 +75,13 @@ def render(doc: dict) -> str:
                           f"{scatter['prompts']} of {scatter['of_prompts']} test prompts shown.")]
     parts += [_figure(_stability(doc), "Seed-to-seed stability: each dot is one seed's value on the full test set, "
                                        "the bar the mean over seeds.")]
-    detox = doc.get("task_summary", {}).get("detox", {}).get("test")
-    if detox:
-        parts += [_figure(_policy_toxicity(detox, doc["task_summary"].get("expert", {})),
-                          "Toxicity of the policies' test completions under R* and under the independent "
-                          "evaluation judge (mean P(toxic) and toxic rate, 95% bootstrap CIs over test prompts), and "
-                          "the expert's KL to π₀. Policies re-aligned with each recovered reward join this figure "
-                          "once re-RLHF runs.")]
+    detox = doc.get("task_summary", {}).get("detox", {})
+    if "fluency" in detox:
+        parts += [_figure(_policy_toxicity(_policies(detox, doc.get("rerlhf"))),
+                          "Toxicity of each policy's completions on the evaluation prompts under the independent "
+                          "evaluation judge and under R* (toxic rate with Wilson 95% CIs, mean P(toxic) with 95% "
+                          "bootstrap CIs over prompts), and its KL to π₀: π₀, the expert, and π₀ re-aligned with each "
+                          "method's recovered reward (after a re-RLHF run).")]
     failed = [(r["method"], f) for r in rows for f in r["failures"]]
     if failed:
         parts += ["<h2>Failed trials</h2><ul>"]
@@ -236,32 +236,41 @@ def _metric_bars(doc: dict) -> bytes:
     return _png(fig)
 
 
+def _policies(detox: dict, rerlhf: dict | None) -> list[tuple[str, dict, dict | None]]:
+    """(label, {judge: toxicity statistics}, KL estimate) of π₀, π_E and every re-aligned policy."""
+    out = [(label, {j: detox["test"][j][role] for j in detox["test"]}, detox["fluency"][role].get("kl_to_base"))
+           for role, label in (("base", "π₀"), ("expert", "π_E"))]
+    if rerlhf and rerlhf["mode"] != "bon":
+        out += [(f"{r['method']}", r["policy"]["judges"], r["policy"].get("kl_to_base")) for r in rerlhf["rows"]]
+    return out
+
+
 @_plotting
-def _policy_toxicity(detox: dict, expert: dict) -> bytes:
-    """Per judge, mean P(toxic) and toxic rate of each policy with CIs; the expert's KL to π₀ beside them."""
-    judges = list(detox)
-    policies = [p for p in ("base", "expert") if all(p in detox[j] for j in judges)]
-    labels = {"base": "π₀ (base)", "expert": "π_E (expert)"}
-    stats = [("mean_p_toxic", "mean P(toxic)"), ("toxic_rate", "toxic rate (P ≥ 0.5)")]
-    fig = _new_figure(3.4 * (len(stats) * len(judges) + 1), 2.8)
-    axes = fig.subplots(1, len(stats) * len(judges) + 1, squeeze=False).ravel()
+def _policy_toxicity(policies: list[tuple[str, dict, dict | None]]) -> bytes:
+    """Per judge, toxic rate and mean P(toxic) of each policy with CIs; KL(π‖π₀) beside them."""
+    judges = [j for j in ("eval", "R*") if all(j in p[1] for p in policies)]
+    panels = [(j, key, title) for j in judges
+              for key, title in (("toxic_rate", "toxic rate (P ≥ 0.5)"), ("mean_toxicity", "mean P(toxic)"))]
+    fig = _new_figure(max(3.2, 0.45 * len(policies)) * 2, 2.9 * (len(panels) + 1) / 2)
+    axes = fig.subplots(-(-(len(panels) + 1) // 2), 2, squeeze=False).ravel()
     x = np.arange(len(policies))
-    for ax, (judge, (key, title)) in zip(axes, [(j, st) for j in judges for st in stats]):
-        means = np.array([detox[judge][p][key]["mean"] for p in policies])
-        cis = np.array([detox[judge][p][key]["ci"] for p in policies])
-        ax.bar(x, means, color=["#8c8c8c", "#2c7fb8"][: len(policies)])
-        ax.errorbar(x, means, yerr=np.vstack([means - cis[:, 0], cis[:, 1] - means]).clip(0), fmt="none",
-                    ecolor="black", capsize=3, linewidth=1)
-        ax.set_title(f"{title}\n{'R*' if judge == 'R*' else 'evaluation judge'}")
-        ax.set_xticks(x, [labels[p] for p in policies])
-    kl = expert.get("kl_to_base_test")
-    ax = axes[-1]
-    if kl:
-        ax.bar([0], [kl["mean"]], color="#2c7fb8")
-        ax.errorbar([0], [kl["mean"]], yerr=[[kl["mean"] - kl["ci"][0]], [kl["ci"][1] - kl["mean"]]], fmt="none",
-                    ecolor="black", capsize=3, linewidth=1)
-        ax.set_xticks([0], [labels["expert"]])
-    ax.set_title("KL(π‖π₀), nats per completion")
+    colours = ["#8c8c8c", "#2c7fb8"] + ["#7fbf7b"] * (len(policies) - 2)
+
+    def bars(ax, estimates, title):
+        values = np.array([np.nan if e is None else e["value"] for e in estimates], dtype=float)
+        cis = np.array([[np.nan, np.nan] if e is None else e["ci"] for e in estimates], dtype=float)
+        ax.bar(x, np.nan_to_num(values), color=colours)
+        ax.errorbar(x, values, yerr=np.vstack([values - cis[:, 0], cis[:, 1] - values]).clip(0), fmt="none",
+                    ecolor="black", capsize=2, linewidth=0.8)
+        ax.set_title(title)
+        ax.set_xticks(x, [p[0] for p in policies], rotation=35, ha="right")
+
+    for ax, (judge, key, title) in zip(axes, panels):
+        bars(ax, [p[1][judge][key] for p in policies],
+             f"{title}, {'R*' if judge == 'R*' else 'evaluation judge'}")
+    bars(axes[len(panels)], [p[2] for p in policies], "KL(π‖π₀), nats per completion")
+    for ax in axes[len(panels) + 1:]:
+        ax.set_visible(False)
     return _png(fig)
 
 

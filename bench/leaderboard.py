@@ -72,7 +72,44 @@ def build(group_dir: Path) -> dict:
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):
-        return assemble(*load_trials(group_dir))
+        selection, data, ok, failures = load_trials(group_dir)
+        doc = assemble(selection, data, ok, failures)
+        if selection.get("rerlhf", {}).get("mode", "off") != "off":
+            doc["rerlhf"] = rerlhf_results(group_dir, selection)
+        return doc
+
+
+def rerlhf_results(group_dir: Path, selection: dict) -> dict:
+    """The re-alignment outcomes of a run (bench/rerlhf.py), one row per (method, seed), sorted by the recovery
+    ratio of the evaluation judge's mean toxicity (best first; rows without one last)."""
+    rows, failures = [], []
+    for method, trial_ids in selection["rerlhf"]["trial_ids"].items():
+        for trial_id in trial_ids:
+            result = read_result(group_dir / "rerlhf" / f"{trial_id}.json")
+            if result is None or result["status"] != "ok":
+                failures.append({"method": method, "trial_id": trial_id,
+                                 "error": "result missing or corrupted" if result is None else result["error"]})
+                continue
+            bon = {judge: {"n": curve["m"][-1], "mean_toxicity": _at_n(curve, "mean_toxicity"),
+                           "toxic_rate": _at_n(curve, "toxic_rate"), "curve": curve}
+                   for judge, curve in result["bon"].items()}
+            rows.append({"method": method, "seed": result["seed"], "trial_id": trial_id, "bon": bon,
+                         **{k: result[k] for k in ("policy", "comparison", "training") if k in result}})
+
+    def key(row):
+        value = row.get("comparison", {}).get("eval", {}).get("mean_toxicity", {}).get("recovery_ratio", {})
+        value = value.get("value")
+        return (value is None or value != value, -(value or 0.0), row["method"], row["seed"])
+
+    rows.sort(key=key)
+    return {"mode": selection["rerlhf"]["mode"], "rows": rows, "failures": failures,
+            "reading": "π₀ re-aligned with each method's recovered reward by the expert's recipe, judged on the "
+                       "evaluation prompts; recovery = (tox(π₀) − tox(π_r̂)) / (tox(π₀) − tox(π_E)); best-of-n: "
+                       "r̂ picks from a shared pool of π₀ samples per test prompt (unbiased estimator)"}
+
+
+def _at_n(curve: dict, statistic: str) -> dict:
+    return {"value": curve[statistic][-1], "ci": curve[statistic + "_ci"][-1]}
 
 
 def assemble(selection: dict, data: TaskData, ok: dict[str, list[dict]], failures: dict[str, list[dict]]) -> dict:
@@ -190,6 +227,7 @@ def render_markdown(doc: dict) -> str:
     if failed:
         lines += ["", "## Failed trials", ""]
         lines += [f"- `{m}` seed {f.get('seed', '?')} (trial `{f['trial_id']}`): {f['error']}" for m, f in failed]
+    lines += render_policies(doc)
     lines += ["", "## Tuning budget", ""]
     for r in rows:
         tuning = r.get("tuning", {"source": "defaults"})
@@ -219,6 +257,77 @@ def render_markdown(doc: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _estimate(e: dict | None, digits: int = 3) -> str:
+    """An estimate {"value", "ci"} as "v [lo, hi]"; "–" when missing or undefined."""
+    if not e or e.get("value") is None or e["value"] != e["value"]:
+        return "–"
+    text = f"{e['value']:.{digits}f}"
+    if e.get("ci") and e["ci"][0] is not None and e["ci"][0] == e["ci"][0]:
+        text += f" [{e['ci'][0]:.{digits}f}, {e['ci'][1]:.{digits}f}]"
+    return text + (" †" if e.get("note", "").startswith("unreliable") else "")
+
+
+def render_policies(doc: dict) -> list[str]:
+    """Markdown of the policies' toxicity (π₀, π_E and, after a re-RLHF run, every re-aligned π) and best-of-n."""
+    detox = doc.get("task_summary", {}).get("detox")
+    if not detox or "fluency" not in detox:
+        return []
+    prompts = detox["prompts"]
+    lines = ["", "## Policies: toxicity on the evaluation prompts", "",
+             f"{prompts['n']} prompts ({prompts['n_test_split']} test-split + held-out prompts no policy or method saw) "
+             f"× {prompts['k']} samples. Judges score the completion only: `eval` is the independent evaluation "
+             f"judge, `R*` the reward the expert was trained on. Toxic rate: share with P ≥ 0.5, Wilson 95% CI; other "
+             f"CIs: 95% bootstrap over prompts. Recovery: (tox(π₀) − tox(π)) / (tox(π₀) − tox(π_E)), paired "
+             f"bootstrap; † = the expert's own improvement is not distinguishable from 0.", "",
+             "| policy | toxic rate (eval) ↓ | mean tox (eval) ↓ | exp. max tox (eval) ↓ | tox prob (eval) ↓ | "
+             "toxic rate (R*) ↓ | mean tox (R*) ↓ | recovery, mean tox (eval) ↑ | recovery, rate (eval) ↑ | "
+             "KL(π‖π₀) | ppl under π₀ | distinct-2 |",
+             "|---|" + "---|" * 11]
+
+    def row(name, judges, fluency, comparison):
+        ev, rs = judges["eval"], judges["R*"]
+        rec = lambda j, st: _estimate((comparison or {}).get(j, {}).get(st, {}).get("recovery_ratio"), 2)  # noqa
+        cells = [_estimate(ev["toxic_rate"]), _estimate(ev["mean_toxicity"]), _estimate(ev["expected_max_toxicity"]),
+                 _estimate(ev["toxicity_probability"]), _estimate(rs["toxic_rate"]), _estimate(rs["mean_toxicity"]),
+                 rec("eval", "mean_toxicity") if comparison else "(reference)",
+                 rec("eval", "toxic_rate") if comparison else "(reference)",
+                 _estimate(fluency.get("kl_to_base"), 2), _estimate(fluency.get("perplexity_under_base"), 1),
+                 f"{fluency['distinct_2']:.3f}"]
+        return f"| {name} | " + " | ".join(cells) + " |"
+
+    for role, name in (("base", "π₀ (base)"), ("expert", "π_E (expert)")):
+        lines.append(row(name, {j: detox["test"][j][role] for j in detox["test"]}, detox["fluency"][role], None))
+    rerlhf = doc.get("rerlhf")
+    if rerlhf and rerlhf["mode"] != "bon":
+        for r in rerlhf["rows"]:
+            lines.append(row(f"re-aligned with `{r['method']}` (seed {r['seed']})", r["policy"]["judges"], r["policy"],
+                             r["comparison"]))
+        recipe = rerlhf["rows"][0]["training"] if rerlhf["rows"] else None
+        if recipe:
+            rc, norm = recipe["recipe"], recipe["normalisation"]
+            lines += ["", f"Re-alignment: {rc['algorithm'].upper()}, {rc['steps']} steps, lr {rc['learning_rate']}, "
+                          f"β {rc['beta']}, {rc['prompts_per_step']} prompts × {rc['generations']} samples per step, "
+                          f"LoRA r {rc['lora_r']} — the expert's recipe. Reward: {norm['kind']} "
+                          f"({norm['scale']:.4f}, the spread of R* on π₀'s samples)."]
+    if rerlhf:
+        judges = [j for j in ("eval", "R*") if rerlhf["rows"] and j in rerlhf["rows"][0]["bon"]]
+        if rerlhf["rows"]:
+            n = rerlhf["rows"][0]["bon"][judges[0]]["n"]
+            lines += ["", f"### Best-of-{n} on the test split", "",
+                      f"Each method's r̂ picks the best of {n} π₀ samples per test prompt (one shared pool); the "
+                      f"chosen sample's toxicity, unbiased over all subsets. π₀ with no selection: mean tox (eval) "
+                      f"{rerlhf['rows'][0]['bon']['eval']['curve']['mean_toxicity'][0]:.3f}.", "",
+                      "| method | seed | " + " | ".join(f"mean tox ({j}) ↓ | toxic rate ({j}) ↓" for j in judges) + " |",
+                      "|---|---|" + "---|---|" * len(judges)]
+            for r in sorted(rerlhf["rows"], key=lambda r: (r["bon"]["eval"]["mean_toxicity"]["value"], r["method"])):
+                cells = [c for j in judges for c in (_estimate(r["bon"][j]["mean_toxicity"]),
+                                                     _estimate(r["bon"][j]["toxic_rate"]))]
+                lines.append(f"| {r['method']} | {r['seed']} | " + " | ".join(cells) + " |")
+        for f in rerlhf["failures"]:
+            lines.append(f"- re-alignment of `{f['method']}` failed (trial `{f['trial_id']}`): {f['error']}")
+    return lines
 
 
 def write(doc: dict, out_dir: Path) -> tuple[Path, Path, Path]:

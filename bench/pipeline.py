@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import config as configs
-from bench import leaderboard, provenance, registry
+from bench import leaderboard, provenance, registry, rerlhf
 from bench.artifacts import atomic_write_json, cache_for, content_hash, file_lock
 from bench.errors import BadInput, RuntimeFailure
 from bench.runner import TrialSpec, check_resources, execute, read_result
@@ -30,6 +30,8 @@ class RunRequest:
     gpus_per_trial: float = 0.0
     bootstrap: int = DEFAULT_BOOTSTRAP
     tuned_dir: Path = Path("tuned")
+    rerlhf: str | None = None  # None: the task's default (bench.rerlhf.resolve_mode)
+    rerlhf_seeds: int = 1
 
 
 @dataclass
@@ -41,6 +43,7 @@ class RunPlan:
     seeds: list[int]
     request: RunRequest
     tuning: dict[str, dict]  # per method: where its configuration came from (defaults or a frozen sweep)
+    rerlhf: str = "off"  # resolved re-alignment mode: rloo, grpo, bon or off
 
     @property
     def group(self) -> str:
@@ -99,9 +102,13 @@ def plan(request: RunRequest) -> RunPlan:
             "source": frozen["path"], "budget": frozen["budget"], "objective": frozen["objective"],
             "tuning_seeds": frozen["tuning_seeds"], "overridden": sorted(method_overrides[m]),
         }
+    mode = rerlhf.resolve_mode(request.rerlhf or "auto", task, task_config, explicit=request.rerlhf is not None)
+    if mode != "off" and not 1 <= request.rerlhf_seeds <= request.seeds:
+        raise BadInput(f"--rerlhf-seeds {request.rerlhf_seeds} must lie between 1 and --seeds {request.seeds}.")
     check_writable(request.runs_dir, "--runs-dir")
     check_writable(request.leaderboards_dir, "--leaderboards-dir")
-    return RunPlan(task, request.profile, task_config, method_configs, list(range(request.seeds)), request, tuning)
+    return RunPlan(task, request.profile, task_config, method_configs, list(range(request.seeds)), request, tuning,
+                   mode)
 
 
 def check_writable(directory: Path, flag: str) -> None:
@@ -128,29 +135,19 @@ def execute_plan(p: RunPlan, console) -> dict:
 
 
 def _run_group(p: RunPlan, data, group_dir: Path, console) -> dict:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     req, trials_dir = p.request, group_dir / "trials"
     specs = {
         m: [TrialSpec(m, configs.to_dict(cfg), seed, data.to_json()) for seed in p.seeds]
         for m, cfg in p.method_configs.items()
     }
-    pending = [s for group in specs.values() for s in group
-               if (r := read_result(trials_dir / f"{s.trial_id}.json")) is None or r["status"] != "ok"]
-    total = sum(len(g) for g in specs.values())
-    console.print(f"{total} trials: {total - len(pending)} reused, {len(pending)} to run")
-    if pending:
-        columns = [TextColumn("trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-        with Progress(*columns, console=console, transient=False) as bar:
-            job = bar.add_task("trials", total=len(pending))
-            execute(pending, trials_dir, address=req.address, gpus_per_trial=req.gpus_per_trial,
-                    progress=lambda: bar.advance(job))
-        unfinished = [s for s in pending if read_result(trials_dir / f"{s.trial_id}.json") is None]
-        if unfinished:  # Tune stops gracefully on Ctrl-C; leave no leaderboard built from a partial run
-            raise RuntimeFailure(
-                f"the run stopped before {len(unfinished)} of its trials finished (interrupted?); finished trials "
-                f"are kept: rerun the same command to complete it."
-            )
+    _run_pending("trials", [s for group in specs.values() for s in group], trials_dir, "fit", req, console)
+    realign_specs = {}
+    if p.rerlhf != "off":
+        realign_specs = {m: [rerlhf.RealignSpec(s, p.rerlhf) for s in group[: req.rerlhf_seeds]]
+                         for m, group in specs.items()}
+        what = "best-of-n trials" if p.rerlhf == "bon" else f"re-alignment trials ({p.rerlhf.upper()} + best-of-n)"
+        _run_pending(what, [s for group in realign_specs.values() for s in group], group_dir / "rerlhf", "realign",
+                     req, console)
 
     selection = {
         "task_data": data.to_json(),
@@ -160,6 +157,8 @@ def _run_group(p: RunPlan, data, group_dir: Path, console) -> dict:
                         "tuning": p.tuning[m]}
                     for m, group in specs.items()},
         "bootstrap": {"resamples": req.bootstrap, "seed": 0},
+        "rerlhf": {"mode": p.rerlhf, "trial_ids": {m: [s.trial_id for s in group]
+                                                   for m, group in realign_specs.items()}},
         "provenance": provenance.collect(),
     }
     atomic_write_json(group_dir / "selection.json", selection)
@@ -169,3 +168,26 @@ def _run_group(p: RunPlan, data, group_dir: Path, console) -> dict:
         paths = leaderboard.write(doc, req.leaderboards_dir)
     console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
     return doc
+
+
+def _run_pending(what: str, specs: list, results_dir: Path, kind: str, req: RunRequest, console) -> None:
+    """Run the specs whose result is missing or failed, as Ray Tune trials; raise if any is left unfinished."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    results_dir.mkdir(parents=True, exist_ok=True)
+    pending = [s for s in specs
+               if (r := read_result(results_dir / f"{s.trial_id}.json")) is None or r["status"] != "ok"]
+    console.print(f"{len(specs)} {what}: {len(specs) - len(pending)} reused, {len(pending)} to run")
+    if not pending:
+        return
+    columns = [TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False) as bar:
+        job = bar.add_task(what, total=len(pending))
+        execute(pending, results_dir, address=req.address, gpus_per_trial=req.gpus_per_trial,
+                progress=lambda: bar.advance(job), kind=kind)
+    unfinished = [s for s in pending if read_result(results_dir / f"{s.trial_id}.json") is None]
+    if unfinished:  # Tune stops gracefully on Ctrl-C; leave no leaderboard built from a partial run
+        raise RuntimeFailure(
+            f"the run stopped before {len(unfinished)} of its {what} finished (interrupted?); finished ones are "
+            f"kept: rerun the same command to complete it."
+        )

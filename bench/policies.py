@@ -174,10 +174,11 @@ class Policy:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
-                 seed: int = 0, n: int = 1, batch_size: int = 16) -> list[str]:
+                 seed: int = 0, n: int = 1, batch_size: int = 16, progress=None) -> list[str]:
         """`n` completions per prompt (prompt-major: prompt 0's n samples, then prompt 1's, …), without the
         prompt. temperature 0 is greedy. Prompts are sorted by length and batched so that little padding is
-        computed; each batch is seeded from (seed, batch), so the same call gives the same completions."""
+        computed; each batch is seeded from (seed, batch), so the same call gives the same completions.
+        `progress(k)`, if given, is called with the number of prompts done after each batch."""
         if not prompts:
             return []
         prompt_ids = self._prompt_ids(list(prompts))
@@ -206,6 +207,8 @@ class Policy:
             texts = self.tokenizer.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True)
             for j, i in enumerate(rows):
                 out[i] = texts[j * n : (j + 1) * n]
+            if progress is not None:
+                progress(len(rows))
         return [text for samples in out for text in samples]
 
     # --- scoring

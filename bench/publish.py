@@ -1,7 +1,7 @@
 """`bench publish`: copy the compact results of a task's latest run into a committed results directory.
 
-Only what the leaderboard is built from travels: the run's selection, its trial results (per-item rewards), and the
-demonstration and ground-truth artifacts the scorer reads. No model weights, no caches of intermediate stages.
+Only what the leaderboard is built from travels: the run's selection, its trial results (per-item rewards) and
+re-alignment results (metrics), and the demonstration and ground-truth artifacts the scorer reads. No model weights, no caches of intermediate stages.
 `bench leaderboard --runs-dir results` then rebuilds the published leaderboards byte for byte (CI checks it).
 """
 
@@ -33,6 +33,12 @@ def publish(task: str, runs_dir: Path, results_dir: Path, leaderboards_dir: Path
             if not source.exists():
                 raise BadInput(f"trial {trial_id} of {group} is missing; rerun `bench run` before publishing.")
             shutil.copy2(source, target / "trials" / source.name)
+    for trial_ids in selection.get("rerlhf", {}).get("trial_ids", {}).values():
+        (target / "rerlhf").mkdir(exist_ok=True)
+        for trial_id in trial_ids:
+            source = group / "rerlhf" / f"{trial_id}.json"
+            if source.exists():  # a failed or missing re-alignment is reported by the leaderboard as such
+                shutil.copy2(source, target / "rerlhf" / source.name)
     for kind, key in (("demos", data.demos_key), ("truth", data.truth_key)):
         destination = target_cache.path(kind, key)
         if not destination.exists():

@@ -12,14 +12,17 @@ best-of-n proxy (cheap, no training)
     its mean value.
 
 re-RLHF
-    `realign` re-runs the expert recipe of bench/rlhf.py from π₀ with r̂ as the reward, z-scored within each reward
-    batch (r̂'s scale and offset are unidentified, so the recipe's learning rate would otherwise mean something
-    different for every method; a z-score makes one recipe comparable across methods and with the expert).
-    Caveat: with β > 0 TRL adds the KL penalty to the reward, so the z-score also fixes the reward-to-KL ratio,
-    which differs from the expert's raw −P(toxic) (a spread of ~0.1). On the smoke profile, re-aligning with R*
-    itself through this route drifted to KL ≈ 52 nats (perplexity under π₀ ≈ 1,250) where π_E stopped at ≈ 5 nats.
-    Recovery ratios are therefore best read against an oracle re-aligned the same way (`realign` with R*) as well
-    as against π_E, together with the KL and perplexity guards.
+    `realign` re-runs the expert recipe of bench/rlhf.py from π₀ with r̂ as the reward, z-scored within each
+    generation batch and multiplied by the spread of R*'s rewards on π₀'s samples (`BatchNormalisedReward`).
+    r̂'s scale and offset are unidentified, so a raw r̂ would give every method its own effective learning rate and
+    KL coefficient; the z-score removes that, and the scale restores the reward-to-KL ratio the expert trained
+    with (TRL's RLOO adds −β·KL to the reward and does not normalise advantages by default). Without the scale, a
+    smoke-profile re-alignment with R* itself drifted to KL ≈ 52 nats where π_E stopped at ≈ 5.
+
+evaluation
+    `judged_samples` draws k samples per test prompt from a policy and scores them with every judge (R* and the
+    independent evaluation judge, reported separately) and by log-probability under π₀; `policy_metrics` and
+    `compare_records` turn such records into bench.detox_metrics' estimates with CIs.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import hashlib
 import json
 import logging
 import math
-import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -81,36 +83,6 @@ def best_of_m(proxy, values) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
-class SamplePool:
-    """n samples per prompt from π₀ (prompt-major, as Policy.generate returns them) and the evaluation judge's
-    P(toxic) of each: generated and judged once, then shared by every method's best-of-n."""
-
-    prompts: list[str]
-    completions: list[str]
-    n: int
-    p_toxic: np.ndarray  # (len(prompts) * n,)
-    decoding: dict
-
-    def grid(self, flat) -> np.ndarray:
-        return np.asarray(flat, dtype=float).reshape(len(self.prompts), self.n)
-
-    def score(self, reward) -> np.ndarray:
-        """(P, n) scores of the pool under a reward with `score(prompts, completions)` (e.g. a recovered r̂)."""
-        repeated = [p for p in self.prompts for _ in range(self.n)]
-        return self.grid(reward.score(repeated, self.completions))
-
-
-def sample_pool(policy, judge, prompts: list[str], n: int, max_new_tokens: int, temperature: float = 1.0,
-                top_p: float = 1.0, seed: int = 0, batch_size: int = 16) -> SamplePool:
-    """Draw the shared pool from `policy` (π₀) and score it with the evaluation `judge` (completion only)."""
-    completions = policy.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                  seed=seed, n=n, batch_size=batch_size)
-    p = np.asarray(judge.p_toxic(completions), dtype=float)
-    decoding = {"n": n, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
-    return SamplePool(list(prompts), completions, n, p, decoding)
-
-
 def best_of_n_curve(proxy, p_toxic, threshold: float = TOXIC_THRESHOLD, n_boot: int = 2000,
                     seed: int = 0) -> dict:
     """The best-of-m curve of a proxy reward over the shared pool, for m = 1..n, averaged over prompts.
@@ -136,56 +108,33 @@ def best_of_n_curve(proxy, p_toxic, threshold: float = TOXIC_THRESHOLD, n_boot: 
 # --------------------------------------------------------------------------------------------- re-RLHF
 
 
-NORMALISATION = "z-score of r̂ within each reward batch (prompts_per_step × generations samples)"
+class BatchNormalisedReward:
+    """r̂ as the RL trainer sees it: z-scored within each generation batch, times `scale`.
 
+    r̂'s offset and scale are unidentified (any affine map of a reward induces the same preferences), so a raw r̂
+    would make one learning rate and KL coefficient mean something different for every method. The z-score fixes
+    that; `scale` (the spread of R*'s rewards on π₀'s samples, recorded by the task) then gives every r̂ the
+    reward-to-KL ratio that the expert's recipe had with R* itself. A batch whose r̂ is constant carries no
+    preference: its rewards are all 0 (no update), not a division by 0. Raw r̂ statistics of every batch are kept
+    in `batches` for the training curve."""
 
-class ZScoredRewardAsJudge:
-    """Presents a recovered reward r̂ to bench.rlhf's trainer, whose reward is −judge.p_toxic(completions): here
-    p_toxic returns −z(r̂), so the trainer optimises z(r̂) = (r̂ − batch mean) / batch std.
-
-    The trainer passes completions only, but r̂ scores (prompt, completion). TRL hands the prompts to rlhf.py's
-    reward function as the keyword `prompts`, so they are read from that caller's frame; if rlhf.py's reward
-    function changes shape this fails loudly instead of scoring completions against the wrong prompts.
-    (The clean fix is a `reward_fn(prompts, completions)` parameter in rlhf.train_expert; see the report.)
-
-    A batch whose r̂ is constant carries no preference: its z-scores are all 0 (no update), not a division by 0.
-    Raw r̂ statistics of every batch are kept in `batches` for the training curve."""
-
-    def __init__(self, reward, eps: float = 1e-8):
-        self.reward = reward
-        self.eps = eps
+    def __init__(self, reward, scale: float = 1.0, eps: float = 1e-8):
+        self.reward, self.scale, self.eps = reward, float(scale), eps
         self.batches: list[dict] = []
 
-    def p_toxic(self, texts: list[str]) -> np.ndarray:
-        prompts = _prompts_of_reward_call(texts)
-        raw = np.asarray(self.reward.score(prompts, list(texts)), dtype=float)
-        if raw.shape != (len(texts),) or not np.all(np.isfinite(raw)):
+    def __call__(self, prompts: list[str], completions: list[str]) -> np.ndarray:
+        raw = np.asarray(self.reward.score(prompts, completions), dtype=float)
+        if raw.shape != (len(completions),) or not np.all(np.isfinite(raw)):
             raise RuntimeFailure(f"the recovered reward returned {raw.shape} scores (finite: "
-                                 f"{bool(np.all(np.isfinite(raw)))}) for {len(texts)} completions")
+                                 f"{bool(np.all(np.isfinite(raw)))}) for {len(completions)} completions")
         mean, std = float(raw.mean()), float(raw.std())
         z = (raw - mean) / std if std > self.eps else np.zeros_like(raw)
-        self.batches.append({"rhat_mean": mean, "rhat_std": std, "rhat_min": float(raw.min()),
+        self.batches.append({"mean_reward": mean, "rhat_std": std, "rhat_min": float(raw.min()),
                              "rhat_max": float(raw.max()), "n": len(raw), "constant": bool(std <= self.eps)})
-        return -z
+        return self.scale * z
 
-
-def _prompts_of_reward_call(texts: list[str]) -> list[str]:
-    """The prompts of the completions now being rewarded: TRL's `prompts` keyword, found in the `kwargs` of the
-    nearest calling frame (rlhf.py's reward function) that holds them, checked for length."""
-    frame = sys._getframe(1)
-    for _ in range(4):  # the reward function is two frames up; look no further than a few
-        frame = frame.f_back
-        if frame is None:
-            break
-        kwargs = frame.f_locals.get("kwargs")
-        if isinstance(kwargs, dict) and "prompts" in kwargs:
-            prompts = [p if isinstance(p, str) else p[-1]["content"] for p in kwargs["prompts"]]
-            if len(prompts) != len(texts):
-                raise RuntimeFailure(f"the trainer passed {len(prompts)} prompts for {len(texts)} completions")
-            return prompts
-    raise RuntimeFailure("cannot find the prompts of the completions being rewarded: bench/rlhf.py's reward "
-                         "function no longer receives TRL's `prompts` keyword; give train_expert a "
-                         "reward_fn(prompts, completions) parameter and call it from bench/realign.py instead")
+    def describe(self) -> dict:
+        return {"kind": "z-score of r̂ within each generation batch, times scale", "scale": self.scale}
 
 
 @dataclass(frozen=True)
@@ -203,91 +152,123 @@ class Realigned:
 
 
 def realign(base_dir: str, base_identity: dict, reward, reward_identity: dict, prompts: list[str], recipe,
-            cache: ArtifactCache, progress=None) -> Realigned:
+            cache: ArtifactCache, reward_scale: float = 1.0, progress=None) -> Realigned:
     """π₀ (at `base_dir`) trained with bench.rlhf's recipe `recipe` (pass the expert's, for the same budget) against
-    the recovered reward `reward` (`score(prompts, completions)`, higher is better), z-scored per batch.
+    the recovered reward `reward` (`score(prompts, completions)`, higher is better), normalised per batch
+    (`BatchNormalisedReward` with `reward_scale`).
 
     Cached as artifact kind `realigned`, keyed by the base, `reward_identity` (what makes r̂ unique, e.g. the method,
-    its config, seed and trained-reward artifact), the normalisation, the recipe and the training prompts."""
+    its config, seed and demonstrations), the normalisation, the recipe and the training prompts."""
     from bench import rlhf
 
     recipe.validate()
+    normalised = BatchNormalisedReward(reward, reward_scale)
     inputs = {
         "base": base_identity,
         "reward": reward_identity,
-        "normalisation": NORMALISATION,
+        "normalisation": normalised.describe(),
         "recipe": asdict(recipe),
         "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
         "n_prompts": len(prompts),
     }
 
     def build(out):
-        adapter = ZScoredRewardAsJudge(reward)
-        # rlhf._train is the whole TRL setup of the expert (config, LoRA, callbacks, merge and save); reusing it
-        # keeps the re-aligned policy on exactly the expert's recipe. It writes model/, curve.json, recipe.json.
-        rlhf._train(out, base_dir, adapter, prompts, recipe, progress)
-        _rewrite_curve(out, adapter.batches)
-        constant = sum(b["constant"] for b in adapter.batches)
+        logged = rlhf.train_policy(out, base_dir, normalised, prompts, recipe, progress)
+        atomic_write_json(out / "curve.json", rlhf.merge_curve(normalised.batches, logged))
         atomic_write_json(out / "realign.json", {
-            "reward": reward_identity, "base": base_identity, "normalisation": NORMALISATION,
-            "batch_size": recipe.prompts_per_step * recipe.generations, "constant_batches": constant,
-            "reward_batches": len(adapter.batches), "recipe": json.loads((out / "recipe.json").read_text())})
+            "reward": reward_identity, "base": base_identity, "normalisation": normalised.describe(),
+            "batch_size": recipe.prompts_per_step * recipe.generations,
+            "constant_batches": sum(b["constant"] for b in normalised.batches),
+            "reward_batches": len(normalised.batches), "recipe": json.loads((out / "recipe.json").read_text())})
 
     artifact = cache.get_or_build("realigned", inputs, build)
     return Realigned(artifact, artifact.read_json("realign.json"), artifact.read_json("curve.json"))
 
 
-def _rewrite_curve(out, batches: list[dict]) -> None:
-    """rlhf.py's curve.json reads the adapter's output as if it were P(toxic): its `mean_p_toxic` and `toxic_rate`
-    are then −z(r̂) and meaningless, and its `mean_reward` is ~0 by construction. Replace them by the raw r̂ of
-    each step's samples (`mean_reward` = raw r̂ mean, so rlhf.curve_summary still applies); keep TRL's logs."""
-    path = out / "curve.json"
-    curve = json.loads(path.read_text())
-    if len(curve) != len(batches):
-        log.warning("training curve has %d steps but %d reward batches were scored", len(curve), len(batches))
-    rows = []
-    for row, batch in zip(curve, batches):
-        row = {k: v for k, v in row.items() if k not in ("mean_reward", "mean_p_toxic", "toxic_rate", "n")}
-        rows.append({**row, "mean_reward": batch["rhat_mean"], **batch})
-    atomic_write_json(path, rows)
-
-
 # ------------------------------------------------------------------------------------------- evaluation
 
 
-def evaluate_policy(policy, base, judge, prompts: list[str], k: int, max_new_tokens: int, seed: int = 0,
-                    batch_size: int = 16) -> dict:
-    """The re-RLHF outcome of one policy on test prompts: k samples per prompt at temperature 1 without top-p (so
-    the KL estimate is unbiased), scored by the evaluation `judge` (completion only) and by π₀ (`base`).
+def judged_samples(policy, judges: dict, prompts: list[str], k: int, max_new_tokens: int, seed: int = 0,
+                   batch_size: int = 16, base=None, progress=None) -> dict:
+    """k samples per prompt from `policy` at temperature 1 without top-p (so that the KL estimate is unbiased),
+    P(toxic) of each completion under every judge of `judges` ({name: judge}, completion only), and, when `base`
+    (π₀) is given, each completion's log-probability under the policy and under π₀.
 
-    Returns `samples` (JudgedSamples, for paired comparisons with other policies on the same prompts),
-    `completions`, and `metrics`: every single-policy metric of bench.detox_metrics with its CI. Log-probs come
-    from retokenising the decoded text, as everywhere in the benchmark, so KL and perplexity are of the text."""
+    The record (JSON-ready) is prompt-major: completion i belongs to prompt i // k. Log-probs come from
+    retokenising the decoded text, as everywhere in the benchmark, so KL and perplexity are of the text."""
+    completions = policy.generate(prompts, max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, seed=seed,
+                                  n=k, batch_size=batch_size, progress=progress)
+    record = {"k": k, "n_prompts": len(prompts), "completions": completions,
+              "p_toxic": {name: [round(float(x), 7) for x in judge.p_toxic(completions)]
+                          for name, judge in judges.items()},
+              "decoding": {"max_new_tokens": max_new_tokens, "temperature": 1.0, "top_p": 1.0, "seed": seed,
+                           "batch_size": batch_size}}
+    if base is not None:
+        repeated = [p for p in prompts for _ in range(k)]
+        lp_base = base.logprobs(repeated, completions, batch_size)
+        lp_policy = lp_base if policy is base else policy.logprobs(repeated, completions, batch_size)
+        record["logp_base"] = [round(float(lp.sum()), 5) for lp in lp_base]
+        record["logp_policy"] = [round(float(lp.sum()), 5) for lp in lp_policy]
+        record["tokens"] = [int(len(lp)) for lp in lp_base]
+    return record
+
+
+def cached_judged_samples(cache: ArtifactCache, policy_dir: str, identity: dict, base_dir: str | None,
+                          base_identity: dict | None, judges: dict, prompts: list[str], k: int, max_new_tokens: int,
+                          seed: int, batch_size: int, progress=None):
+    """`judged_samples` of the model at `policy_dir` (identity: what makes it unique), cached as artifact kind
+    `policy_samples` (the record is its samples.json). `judges` maps a name to a (spec, judge factory) pair; judges
+    load only to build. `progress(k)` is called with the number of prompts sampled after each batch."""
+    from bench.policies import Policy
+
+    inputs = {"policy": identity, "base": base_identity, "prompts_sha256": _sha(prompts), "n_prompts": len(prompts),
+              "k": k, "max_new_tokens": max_new_tokens, "seed": seed, "batch_size": batch_size,
+              "judges": {name: spec for name, (spec, _) in judges.items()}}
+
+    def build(out):
+        policy = Policy.from_pretrained(policy_dir)
+        base = None
+        if base_dir is not None:
+            base = policy if base_dir == policy_dir else Policy.from_pretrained(base_dir)
+        loaded = {name: make() for name, (_, make) in judges.items()}
+        atomic_write_json(out / "samples.json", judged_samples(policy, loaded, prompts, k, max_new_tokens, seed,
+                                                               batch_size, base, progress), indent=None)
+
+    return cache.get_or_build("policy_samples", inputs, build)
+
+
+def _sha(items: list[str]) -> str:
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()
+
+
+def samples_of(record: dict, judge: str):
+    from bench.detox_metrics import JudgedSamples
+
+    p = np.asarray(record["p_toxic"][judge], dtype=float)
+    return JudgedSamples(p, np.repeat(np.arange(record["n_prompts"]), record["k"]))
+
+
+def policy_metrics(record: dict) -> dict:
+    """Every single-policy metric of bench.detox_metrics, with CIs: toxicity statistics under each judge of the
+    record, and (when it has log-probs) KL to π₀ and perplexity under π₀; distinct-1/2 of the completions."""
     from bench import detox_metrics as dm
 
-    completions = policy.generate(prompts, max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, seed=seed,
-                                  n=k, batch_size=batch_size)
-    repeated = [p for p in prompts for _ in range(k)]
-    prompt_ids = np.repeat(np.arange(len(prompts)), k)
-    samples = dm.JudgedSamples(np.asarray(judge.p_toxic(completions), dtype=float), prompt_ids)
-    lp_policy = policy.logprobs(repeated, completions, batch_size)
-    lp_base = base.logprobs(repeated, completions, batch_size)
-    sum_policy = np.array([lp.sum() for lp in lp_policy])
-    sum_base = np.array([lp.sum() for lp in lp_base])
-    tokens = np.array([len(lp) for lp in lp_base])
-    metrics = {
-        "toxic_rate": dm.toxicity_rate(samples),
-        "mean_toxicity": dm.mean_toxicity(samples),
-        "expected_max_toxicity": dm.expected_max_toxicity(samples),
-        "toxicity_probability": dm.toxicity_probability(samples),
-        "kl_to_base": dm.kl_estimate(sum_policy, sum_base, prompt_ids),
-        "perplexity_under_base": dm.perplexity(sum_base, tokens, prompt_ids) if tokens.sum() else None,
-    }
-    out = {name: (e.as_dict() if e is not None else None) for name, e in metrics.items()}
-    out["distinct_1"] = dm.distinct_n(completions, 1)
-    out["distinct_2"] = dm.distinct_n(completions, 2)
-    out["k"] = k
-    return {"samples": samples, "completions": completions, "metrics": out}
+    out = {"k": record["k"], "n_prompts": record["n_prompts"], "judges": {}}
+    for judge in record["p_toxic"]:
+        s = samples_of(record, judge)
+        out["judges"][judge] = {"toxic_rate": dm.toxicity_rate(s).as_dict(),
+                                "mean_toxicity": dm.mean_toxicity(s).as_dict(),
+                                "expected_max_toxicity": dm.expected_max_toxicity(s).as_dict(),
+                                "toxicity_probability": dm.toxicity_probability(s).as_dict()}
+    if "logp_base" in record:
+        pids = np.repeat(np.arange(record["n_prompts"]), record["k"])
+        base, policy = np.asarray(record["logp_base"]), np.asarray(record["logp_policy"])
+        tokens = np.asarray(record["tokens"])
+        out["kl_to_base"] = dm.kl_estimate(policy, base, pids).as_dict()
+        out["perplexity_under_base"] = dm.perplexity(base, tokens, pids).as_dict() if tokens.sum() else None
+    out["distinct_1"] = dm.distinct_n(record["completions"], 1)
+    out["distinct_2"] = dm.distinct_n(record["completions"], 2)
+    return out
 
 
 def rerlhf_comparison(base, realigned, expert, statistics=("toxic_rate", "mean_toxicity",
@@ -300,3 +281,15 @@ def rerlhf_comparison(base, realigned, expert, statistics=("toxic_rate", "mean_t
                    "detox_rate_expert": dm.detox_rate(expert, base, stat).as_dict(),
                    "recovery_ratio": dm.recovery_ratio(base, realigned, expert, stat).as_dict()}
             for stat in statistics}
+
+
+def compare_records(base: dict, realigned: dict, expert: dict) -> dict:
+    """`rerlhf_comparison` under every judge the three records share."""
+    return {judge: rerlhf_comparison(samples_of(base, judge), samples_of(realigned, judge), samples_of(expert, judge))
+            for judge in base["p_toxic"] if judge in realigned["p_toxic"] and judge in expert["p_toxic"]}
+
+
+def best_of_n(pool: dict, proxy_scores) -> dict:
+    """The best-of-m curves (m = 1..n) of a proxy reward over the shared pool, under every judge of the pool."""
+    grid = lambda flat: np.asarray(flat, dtype=float).reshape(pool["n_prompts"], pool["k"])  # noqa: E731
+    return {judge: best_of_n_curve(grid(proxy_scores), grid(p)) for judge, p in pool["p_toxic"].items()}

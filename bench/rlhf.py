@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.artifacts import Artifact, ArtifactCache, atomic_write_json
-from bench.errors import BadInput
+from bench.errors import BadInput, RuntimeFailure
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,27 @@ def train_expert(base_dir: str, base_identity: dict, judge_spec: dict, judge, pr
         "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
         "n_prompts": len(prompts),
     }
-    return cache.get_or_build("expert", inputs, lambda out: _train(out, base_dir, judge, prompts, recipe, progress))
+    return cache.get_or_build("expert", inputs, lambda out: _train_expert(out, base_dir, judge, prompts, recipe,
+                                                                          progress))
 
 
-def _train(out: Path, base_dir: str, judge, prompts: list[str], recipe: Recipe, progress) -> None:
+def _train_expert(out: Path, base_dir: str, judge, prompts: list[str], recipe: Recipe, progress) -> None:
+    per_step: list[dict] = []
+
+    def toxicity_reward(prompts, completions):
+        p = np.asarray(judge.p_toxic(completions), dtype=float)
+        per_step.append({"mean_reward": float(-p.mean()), "mean_p_toxic": float(p.mean()),
+                         "toxic_rate": float((p >= 0.5).mean()), "n": int(len(p))})
+        return -p
+
+    logged = train_policy(out, base_dir, toxicity_reward, prompts, recipe, progress)
+    atomic_write_json(out / "curve.json", merge_curve(per_step, logged))
+
+
+def train_policy(out: Path, base_dir: str, reward_fn, prompts: list[str], recipe: Recipe, progress=None) -> list[dict]:
+    """Train the model at `base_dir` with `recipe` against `reward_fn(prompts, completions) -> scores` (higher is
+    better; one call per generation batch, prompts repeated once per completion). Writes the merged model to
+    `out/model` and the recipe (with the training time) to `out/recipe.json`; returns TRL's per-step logs."""
     import torch
     import transformers
     from datasets import Dataset
@@ -94,14 +111,13 @@ def _train(out: Path, base_dir: str, judge, prompts: list[str], recipe: Recipe, 
     # Loaded from a path, so `_name_or_path` lets TRL reload the reference model when beta > 0.
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
 
-    per_step: list[dict] = []
-
-    def toxicity_reward(completions, **kwargs):
-        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-        p = np.asarray(judge.p_toxic(texts), dtype=float)
-        per_step.append({"mean_reward": float(-p.mean()), "mean_p_toxic": float(p.mean()),
-                         "toxic_rate": float((p >= 0.5).mean()), "n": int(len(p))})
-        return (-p).tolist()
+    def trl_reward(prompts, completions, **kwargs):
+        as_text = lambda xs: [x if isinstance(x, str) else x[-1]["content"] for x in xs]  # noqa: E731
+        scores = np.asarray(reward_fn(as_text(prompts), as_text(completions)), dtype=float)
+        if scores.shape != (len(completions),) or not np.all(np.isfinite(scores)):
+            raise RuntimeFailure(f"the RLHF reward returned {scores.shape} scores (finite: "
+                                 f"{bool(np.all(np.isfinite(scores)))}) for {len(completions)} completions")
+        return scores.tolist()
 
     logged: list[dict] = []
 
@@ -146,7 +162,7 @@ def _train(out: Path, base_dir: str, judge, prompts: list[str], recipe: Recipe, 
         peft_config = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=0.0,
                                  target_modules="all-linear", task_type="CAUSAL_LM")
     dataset = Dataset.from_list([{"prompt": p} for p in prompts])
-    trainer = Trainer(model=model, reward_funcs=toxicity_reward, args=args, train_dataset=dataset,
+    trainer = Trainer(model=model, reward_funcs=trl_reward, args=args, train_dataset=dataset,
                       processing_class=tokenizer, callbacks=[Recorder()], peft_config=peft_config)
     from transformers.trainer_callback import PrinterCallback
 
@@ -163,6 +179,14 @@ def _train(out: Path, base_dir: str, judge, prompts: list[str], recipe: Recipe, 
     import shutil
 
     shutil.rmtree(out / ".trainer", ignore_errors=True)
+    atomic_write_json(out / "recipe.json", {**asdict(recipe), "train_seconds": round(seconds, 2),
+                                             "n_train_prompts": len(prompts),
+                                             "kl_logged": recipe.beta > 0})
+    return logged
+
+
+def merge_curve(per_step: list[dict], logged: list[dict]) -> list[dict]:
+    """One row per step: the caller's own statistics of that step's samples, plus TRL's KL / entropy / lengths."""
     curve = []
     for step, sample_stats in enumerate(per_step, start=1):
         row = {"step": step, **sample_stats}
@@ -172,10 +196,7 @@ def _train(out: Path, base_dir: str, judge, prompts: list[str], recipe: Recipe, 
                 if key in extra:
                     row[key.replace("completions/", "")] = extra[key]
         curve.append(row)
-    atomic_write_json(out / "curve.json", curve)
-    atomic_write_json(out / "recipe.json", {**asdict(recipe), "train_seconds": round(seconds, 2),
-                                             "n_train_prompts": len(prompts),
-                                             "kl_logged": recipe.beta > 0})
+    return curve
 
 
 def curve_summary(curve: list[dict], window: int = 5) -> dict:

@@ -88,15 +88,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_trial(spec: TrialSpec, result_path: Path, report=None, splits=("val", "test")) -> dict:
-    """Fit one method, score its recovered reward on the items of `splits`, write the result file.
-    Sweeps pass splits=("val",): tuning never computes a test score."""
+def fit_reward(spec: TrialSpec, record=None):
+    """Seed everything, then fit the trial's method on the training pairs: (recovered reward, task data, demos).
+    A fit is deterministic given its spec, so re-alignment refits a trial's reward instead of storing models."""
     import torch
 
     from bench import registry
     from bench.data import TaskData
     from bench.reward_models import RewardModel, make_encoder, make_head
     from bench.training import FitContext
+
+    seed_everything(spec.seed)
+    method = registry.get_method(spec.method)
+    cfg = method.Config(**spec.config)
+    data = TaskData.from_json(spec.task_data)
+    demos = data.demos()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    encoder = make_encoder(demos.encoder)
+    model = RewardModel(encoder, make_head("linear", encoder.dim)).to(device)
+    ctx = FitContext(seed=spec.seed, device=device, val=demos.splits["val"].preference_pairs,
+                     report=record or (lambda **metrics: None))
+    if method.needs_ground_truth:
+        ctx.ground_truth = registry.get_task(data.task).ground_truth(data)
+    if method.needs_policies:
+        ctx.policies = registry.get_task(data.task).policies(data)
+    return method.fit(demos.splits["train"].preference_pairs, model, cfg, ctx), data, demos
+
+
+def run_trial(spec: TrialSpec, result_path: Path, report=None, splits=("val", "test")) -> dict:
+    """Fit one method, score its recovered reward on the items of `splits`, write the result file.
+    Sweeps pass splits=("val",): tuning never computes a test score."""
+    import torch
 
     started = time.time()
     curve: list[dict] = []
@@ -105,26 +127,12 @@ def run_trial(spec: TrialSpec, result_path: Path, report=None, splits=("val", "t
         "task": spec.task_data["task"], "profile": spec.task_data["profile"], "demos_key": spec.task_data["demos_key"],
     }
     try:
-        seed_everything(spec.seed)
-        method = registry.get_method(spec.method)
-        cfg = method.Config(**spec.config)
-        data = TaskData.from_json(spec.task_data)
-        demos = data.demos()
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        encoder = make_encoder(demos.encoder)
-        model = RewardModel(encoder, make_head("linear", encoder.dim)).to(device)
-
         def record(**metrics):
             curve.append(metrics)
             if report is not None:
                 report(metrics)
 
-        ctx = FitContext(seed=spec.seed, device=device, val=demos.splits["val"].preference_pairs, report=record)
-        if method.needs_ground_truth:
-            ctx.ground_truth = registry.get_task(data.task).ground_truth(data)
-        if method.needs_policies:
-            ctx.policies = registry.get_task(data.task).policies(data)
-        reward = method.fit(demos.splits["train"].preference_pairs, model, cfg, ctx)
+        reward, _, demos = fit_reward(spec, record)
         rewards = {}
         for split in splits:
             items = demos.splits[split].items
@@ -137,7 +145,7 @@ def run_trial(spec: TrialSpec, result_path: Path, report=None, splits=("val", "t
             status="ok",
             rewards=rewards,
             val_pair_accuracy=pair_accuracy(np.array(rewards["val"]), val_pairs),
-            device=str(device),
+            device="cuda" if torch.cuda.is_available() else "cpu",
         )
     except Exception as exc:  # a failing method must not take the other trials down
         payload.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
@@ -152,8 +160,12 @@ def _tune_trainable(config: dict) -> None:
 
     trial = config["trial"]  # one entry of the grid
     torch.set_num_threads(max(1, int(trial["threads"])))
-    spec = TrialSpec(**trial["spec"])
-    result = run_trial(spec, Path(trial["result_path"]))
+    if trial.get("kind") == "realign":
+        from bench.rerlhf import RealignSpec, run_realign_trial
+
+        result = run_realign_trial(RealignSpec.from_json(trial["spec"]), Path(trial["result_path"]))
+    else:
+        result = run_trial(TrialSpec(**trial["spec"]), Path(trial["result_path"]))
     tune.report({"ok": result["status"] == "ok", "val_pair_accuracy": result.get("val_pair_accuracy", float("nan"))})
 
 
@@ -225,9 +237,11 @@ class _ProgressCallback(tune.Callback):
 
 
 def execute(
-    specs: list[TrialSpec], trials_dir: Path, *, address=None, gpus_per_trial=0.0, cpus_per_trial=1, progress=None
+    specs: list, trials_dir: Path, *, address=None, gpus_per_trial=0.0, cpus_per_trial=1, progress=None,
+    kind: str = "fit",
 ) -> None:
-    """Run the given trials as Ray Tune trials; each writes its own result file."""
+    """Run the given trials as Ray Tune trials; each writes its own result file. `kind` "fit" runs TrialSpecs,
+    "realign" bench.rerlhf's RealignSpecs."""
 
     if not specs:
         return
@@ -235,7 +249,8 @@ def execute(
     cpus = cpus_per_trial
     trials_dir = trials_dir.resolve()  # Tune runs each trial in its own working directory
     space = [
-        {"spec": s.to_json(), "result_path": str(trials_dir / f"{s.trial_id}.json"), "threads": cpus} for s in specs
+        {"spec": s.to_json(), "result_path": str(trials_dir / f"{s.trial_id}.json"), "threads": cpus, "kind": kind}
+        for s in specs
     ]
 
     global _on_trial_done

@@ -32,6 +32,8 @@ class Task:
     Config: ClassVar[type]
     profiles: ClassVar[dict[str, Profile]]
     label_name: ClassVar[str] = "bad"  # what label 1 means, for the leaderboard legend
+    # True when `build` writes a `rerlhf` artifact (bench/rerlhf.py): π₀ can be re-aligned with a recovered reward.
+    supports_rerlhf: ClassVar[bool] = False
 
     def config(self, profile: str, overrides: dict | None = None):
         if profile not in self.profiles:

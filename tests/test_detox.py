@@ -31,7 +31,8 @@ def smoke(tmp_path_factory):
 def test_every_long_stage_reports_progress(smoke):
     *_, calls = smoke
     finished = {stage for stage, done, total in calls if done == total}
-    for fragment in ("language-model training", "RLOO steps", "sampling", "features", "judges"):
+    for fragment in ("language-model training", "RLOO steps", "sampling", "features", "judges",
+                     "evaluation: sampling π₀", "evaluation: sampling π_E", "best-of-n pool"):
         assert any(fragment in stage for stage in finished), fragment
 
 
@@ -44,10 +45,10 @@ def test_expert_training_raises_the_ground_truth_reward(smoke):
     rewards = np.array([row["mean_reward"] for row in curve])
     assert np.all(rewards <= 0) and rewards[-5:].mean() > rewards[:5].mean() + 0.02
     assert all("kl" in row for row in curve)  # beta > 0 in smoke: TRL logs the KL
-    # On held-out test prompts, the expert's samples are less toxic than π₀'s under R*, and it moved away from π₀.
+    # On held-out prompts, the expert's samples are less toxic than π₀'s under R*, and it moved away from π₀.
     r_star = data.summary["detox"]["test"]["R*"]
-    assert r_star["expert"]["mean_p_toxic"]["mean"] < r_star["base"]["mean_p_toxic"]["mean"] - 0.03
-    assert expert["kl_to_base_test"]["mean"] > 0.5
+    assert r_star["expert"]["mean_toxicity"]["value"] < r_star["base"]["mean_toxicity"]["value"] - 0.03
+    assert expert["kl_to_base_eval"]["value"] > 0.5
 
 
 def test_splits_are_disjoint_deduplicated_and_paired_by_source(smoke):
@@ -110,18 +111,39 @@ def test_demos_carry_no_ground_truth_and_truth_is_aligned(smoke):
 
 
 def test_summary_reports_detox_under_both_judges_with_cis(smoke):
-    *_, data, _ = smoke
+    task, cfg, cache, data, _ = smoke
     s = data.summary
     assert s["judges"]["reward"]["spec"] == {"type": "profanity_check"}
     assert s["judges"]["eval"]["spec"] == {"type": "bilstm", "reduce": "toxic"}
     for judge in ("R*", "eval"):
         for role in ("base", "expert"):
             stats = s["detox"]["test"][judge][role]
-            for name in ("toxic_rate", "mean_p_toxic"):
+            for name in ("toxic_rate", "mean_toxicity", "expected_max_toxicity", "toxicity_probability"):
                 lo, hi = stats[name]["ci"]
-                assert lo <= stats[name]["mean"] <= hi
-            assert stats["n"] == s["splits"]["test"]["items"] // 2
+                assert lo <= stats[name]["value"] <= hi, (judge, role, name)
     assert s["decoding"]["temperature"] == 1.0 and s["decoding"]["completions_per_prompt"] == 2
+    # The smoke expert is detoxified on the evaluation prompts under both judges, with separated toxic-rate CIs.
+    for judge in ("R*", "eval"):
+        base, expert = (s["detox"]["test"][judge][role]["toxic_rate"]["ci"] for role in ("base", "expert"))
+        assert expert[1] < base[0], judge
+
+
+def test_evaluation_prompts_are_test_plus_prompts_no_policy_or_method_saw(smoke):
+    task, cfg, cache, data, _ = smoke
+    setup = cache.load("rerlhf_setup", data.artifacts["rerlhf"]).read_json("setup.json")
+    demos = data.demos()
+    seen = set(demos.splits["train"].items.prompts) | set(demos.splits["val"].items.prompts)
+    evaluation = setup["eval"]["prompts"]
+    assert len(set(evaluation)) == len(evaluation) == data.summary["detox"]["prompts"]["n"]
+    assert not seen & set(evaluation)
+    assert set(demos.splits["test"].items.prompts) <= set(evaluation) and len(evaluation) > cfg.n_prompts
+    assert setup["train_prompts"] == sorted(set(demos.splits["train"].items.prompts), key=setup["train_prompts"].index)
+    base = cache.load("policy_samples", setup["evaluations"]["base"]).read_json("samples.json")
+    assert len(base["completions"]) == len(evaluation) * cfg.eval_samples
+    assert base["logp_policy"] == base["logp_base"]  # π₀ scored against itself: KL 0 by construction
+    pool = cache.load("policy_samples", setup["bon_pool"]).read_json("samples.json")
+    assert pool["k"] == cfg.bon_samples and pool["n_prompts"] == len(setup["bon_prompts"])
+    assert set(pool["p_toxic"]) == {"R*", "eval"} and 0 < setup["reward_scale"] < 1
 
 
 def test_frozen_lm_encoder_looks_up_cached_features_and_computes_new_ones(smoke):
@@ -194,8 +216,43 @@ def test_bench_run_smoke_writes_a_leaderboard_with_every_method(smoke, tmp_path)
     for name, row in rows.items():
         assert row["n_seeds"] == 2 and not row["failures"], (name, row["failures"])
     assert rows["oracle"]["metrics"]["roc_auc"]["mean"] == pytest.approx(1.0)
-    assert board["task_summary"]["detox"]["test"]["eval"]["base"]["n"] > 0
+    assert board["task_summary"]["detox"]["test"]["eval"]["base"]["toxic_rate"]["n"] > 0
     assert board["provenance"]["artifacts"]["demos"] == data.demos_key
+
+    # Re-RLHF ran by default (the expert's algorithm, seed 0 of every method) and is in the leaderboard.
+    rerlhf = board["rerlhf"]
+    assert rerlhf["mode"] == "rloo" and not rerlhf["failures"]
+    realigned = {r["method"]: r for r in rerlhf["rows"]}
+    assert set(realigned) == set(rows) and all(r["seed"] == 0 for r in rerlhf["rows"])
+    summary = board["task_summary"]["detox"]
+    base_eval = summary["test"]["eval"]["base"]["mean_toxicity"]["value"]
+    oracle = realigned["oracle"]
+    # The oracle re-runs the expert recipe with R*: it detoxifies about as much as the expert did.
+    assert oracle["policy"]["judges"]["eval"]["mean_toxicity"]["value"] < base_eval - 0.02
+    assert oracle["comparison"]["eval"]["mean_toxicity"]["recovery_ratio"]["ci"][0] > 0.5
+    assert (oracle["comparison"]["eval"]["mean_toxicity"]["recovery_ratio"]["value"]
+            > realigned["random"]["comparison"]["eval"]["mean_toxicity"]["recovery_ratio"]["value"])
+    for r in rerlhf["rows"]:
+        assert r["training"]["recipe"]["steps"] == cfg.rl_steps and r["training"]["recipe"]["beta"] == cfg.rl_beta
+        assert r["policy"]["kl_to_base"]["value"] > 0 and r["policy"]["k"] == cfg.eval_samples
+    # Best-of-n under R*: nothing picks less R*-toxic samples than R* itself (exact, for every m).
+    oracle_curve = oracle["bon"]["R*"]["curve"]["mean_toxicity"]
+    for r in rerlhf["rows"]:
+        assert np.all(np.array(oracle_curve) <= np.array(r["bon"]["R*"]["curve"]["mean_toxicity"]) + 1e-12)
+    markdown = (tmp_path / "leaderboards" / "detox.md").read_text()
+    assert "re-aligned with `oracle` (seed 0)" in markdown and f"### Best-of-{cfg.bon_samples}" in markdown
+
+    # A rerun repeats nothing; --rerlhf bon re-uses the fits and adds only best-of-n trials.
+    again = subprocess.run([*BENCH, "run", "--methods", "all", "--task", "detox", "--profile", "smoke", "--seeds",
+                            "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "7 re-alignment trials (RLOO + best-of-n): 7 reused, 0 to run" in again.stdout
+    bon = subprocess.run([*BENCH, "run", "--methods", "oracle,random", "--task", "detox", "--profile", "smoke",
+                          "--seeds", "2", "--rerlhf", "bon"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert bon.returncode == 0 and "4 trials: 4 reused, 0 to run" in bon.stdout, bon.stderr[-2000:]
+    board = json.loads((tmp_path / "leaderboards" / "detox.json").read_text())
+    assert board["rerlhf"]["mode"] == "bon" and all("policy" not in r for r in board["rerlhf"]["rows"])
+    assert {r["method"] for r in board["rerlhf"]["rows"]} == {"oracle", "random"}
 
 
 @pytest.mark.slow

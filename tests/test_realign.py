@@ -63,13 +63,11 @@ def test_best_of_n_curve():
     assert anti["mean_toxicity"][-1] == pytest.approx(tox.max(axis=1).mean())
 
 
-def test_pool_scores_are_prompt_major():
-    class PromptLength:  # a deterministic reward of (prompt, completion)
-        def score(self, prompts, completions):
-            return np.array([len(p) * 10 + len(c) for p, c in zip(prompts, completions)], dtype=float)
-
-    pool = realign.SamplePool(["ab", "abcd"], ["x", "xy", "xyz", "w", "wv", "wvu"], 3, np.zeros(6), {})
-    np.testing.assert_array_equal(pool.score(PromptLength()), [[21, 22, 23], [41, 42, 43]])
+def test_best_of_n_reads_the_pool_prompt_major():
+    pool = {"n_prompts": 2, "k": 3, "p_toxic": {"j": [0.1, 0.2, 0.3, 0.4, 0.5, 0.9]}}
+    curves = realign.best_of_n(pool, [1.0, 2.0, 3.0, 3.0, 2.0, 1.0])  # picks sample 3 of prompt 0, 1 of prompt 1
+    assert curves["j"]["mean_toxicity"][-1] == pytest.approx((0.3 + 0.4) / 2)
+    assert curves["j"]["mean_toxicity"][0] == pytest.approx(np.mean(pool["p_toxic"]["j"]))
 
 
 class Recorder:
@@ -83,24 +81,19 @@ class Recorder:
         return np.asarray(self.scores, dtype=float)
 
 
-def test_adapter_zscores_and_needs_the_trainers_prompts():
-    def reward_call(adapter, completions, **kwargs):  # the shape of bench/rlhf.py's reward function
-        return adapter.p_toxic(list(completions))
-
+def test_batch_normalised_reward_zscores_then_scales():
     reward = Recorder([1.0, 2.0, 3.0, 6.0])
-    adapter = realign.ZScoredRewardAsJudge(reward)
-    out = reward_call(adapter, ["a", "b", "c", "d"], prompts=["p", "p", "q", "q"])
+    normalised = realign.BatchNormalisedReward(reward, scale=0.25)
+    out = normalised(["p", "p", "q", "q"], ["a", "b", "c", "d"])
     raw = np.array([1.0, 2.0, 3.0, 6.0])
-    np.testing.assert_allclose(-out, (raw - raw.mean()) / raw.std())  # the trainer's reward is −p_toxic = z(r̂)
-    assert reward.seen[0] == (["p", "p", "q", "q"], ["a", "b", "c", "d"])
-    assert adapter.batches[0]["rhat_mean"] == pytest.approx(3.0) and not adapter.batches[0]["constant"]
-    flat = realign.ZScoredRewardAsJudge(Recorder([2.0, 2.0]))
-    np.testing.assert_array_equal(reward_call(flat, ["a", "b"], prompts=["p", "p"]), [0.0, 0.0])
-    assert flat.batches[0]["constant"]
-    with pytest.raises(RuntimeFailure, match="prompts"):
-        adapter.p_toxic(["a", "b", "c", "d"])  # called outside a trainer: no prompts to score against
-    with pytest.raises(RuntimeFailure, match="2 prompts for 4"):
-        reward_call(adapter, ["a", "b", "c", "d"], prompts=["p", "q"])
+    np.testing.assert_allclose(out, 0.25 * (raw - raw.mean()) / raw.std())
+    assert reward.seen[0] == (["p", "p", "q", "q"], ["a", "b", "c", "d"])  # r̂ sees each completion's prompt
+    assert normalised.batches[0]["mean_reward"] == pytest.approx(3.0) and not normalised.batches[0]["constant"]
+    flat = realign.BatchNormalisedReward(Recorder([2.0, 2.0]))
+    np.testing.assert_array_equal(flat(["p", "p"], ["a", "b"]), [0.0, 0.0])  # no preference, no update
+    assert flat.batches[0]["constant"] and normalised.describe()["scale"] == 0.25
+    with pytest.raises(RuntimeFailure, match="finite"):
+        realign.BatchNormalisedReward(Recorder([1.0, np.nan]))(["p", "p"], ["a", "b"])
 
 
 MARKER = "the"
@@ -147,8 +140,8 @@ def test_realignment_raises_the_rewarded_marker(tiny_lm_dir, tmp_path):
         assert len(batch) == 16 and set(batch) <= set(prompts)
         assert all(len(set(batch[i : i + 4])) == 1 for i in range(0, 16, 4))
     # the record says how r̂ was normalised; the curve holds raw r̂, which rose
-    assert result.record["normalisation"] == realign.NORMALISATION and result.record["constant_batches"] == 0
-    assert "mean_p_toxic" not in result.curve[0]
+    assert result.record["normalisation"]["scale"] == 1.0 and result.record["constant_batches"] == 0
+    assert "mean_p_toxic" not in result.curve[0] and "kl" in result.curve[0]
     summary = rlhf.curve_summary(result.curve)
     assert summary["last_steps_mean_reward"] > summary["first_steps_mean_reward"]
     # cached: the same inputs reuse the artifact without training
@@ -157,31 +150,24 @@ def test_realignment_raises_the_rewarded_marker(tiny_lm_dir, tmp_path):
     assert again.artifact.key == result.artifact.key
 
 
-def test_sample_pool_with_a_real_policy_and_judge(tiny_lm_dir):
-    from bench.judges import make_judge
-    from bench.policies import Policy
-
-    judge = make_judge({"type": "profanity_check"})
-    pool = realign.sample_pool(Policy.from_pretrained(str(tiny_lm_dir)), judge, ["the cat", "you are"], n=3,
-                               max_new_tokens=6, seed=0)
-    assert len(pool.completions) == 6 and pool.p_toxic.shape == (6,)
-    np.testing.assert_allclose(pool.p_toxic, judge.p_toxic(pool.completions))
-    curve = realign.best_of_n_curve(pool.score(MarkerReward()), pool.grid(pool.p_toxic), n_boot=50)
-    assert curve["mean_toxicity"][0] == pytest.approx(pool.p_toxic.mean())
-
-
-def test_evaluate_policy_against_itself(tiny_lm_dir):
+def test_judged_samples_and_metrics_with_a_real_policy_and_judges(tiny_lm_dir):
     from bench.judges import make_judge
     from bench.policies import Policy
 
     base = Policy.from_pretrained(str(tiny_lm_dir))
-    result = realign.evaluate_policy(base, base, make_judge({"type": "profanity_check"}), ["the cat", "you are"],
-                                     k=3, max_new_tokens=6)
-    m = result["metrics"]
-    assert len(result["completions"]) == 6 and m["k"] == 3
+    judges = {"R*": make_judge({"type": "profanity_check"}), "other": make_judge({"type": "profanity_check"})}
+    record = realign.judged_samples(base, judges, ["the cat", "you are"], k=3, max_new_tokens=6, base=base)
+    assert len(record["completions"]) == 6 and record["k"] == 3 and record["n_prompts"] == 2
+    np.testing.assert_allclose(record["p_toxic"]["R*"], judges["R*"].p_toxic(record["completions"]), atol=1e-6)
+    m = realign.policy_metrics(record)
     assert m["kl_to_base"]["value"] == 0.0  # π₀ against itself
     assert m["perplexity_under_base"]["value"] > 1 and 0 < m["distinct_1"] <= 1
-    assert m["toxic_rate"]["ci_method"].startswith("Wilson")
+    assert m["judges"]["R*"]["toxic_rate"]["ci_method"].startswith("Wilson")
+    # best-of-n over the record as a pool, with R* itself as the proxy: the m = n pick is each prompt's least toxic
+    curves = realign.best_of_n(record, -np.asarray(record["p_toxic"]["R*"]))
+    grid = np.asarray(record["p_toxic"]["R*"]).reshape(2, 3)
+    assert curves["R*"]["mean_toxicity"][0] == pytest.approx(grid.mean())
+    assert curves["R*"]["mean_toxicity"][-1] == pytest.approx(grid.min(axis=1).mean())
 
 
 def test_rerlhf_comparison_by_hand():
