@@ -82,6 +82,12 @@ def render(doc: dict) -> str:
                           "evaluation judge and under R* (toxic rate with Wilson 95% CIs, mean P(toxic) with 95% "
                           "bootstrap CIs over prompts), and its KL to π₀: π₀, the expert, and π₀ re-aligned with each "
                           "method's recovered reward (after a re-RLHF run).")]
+    rerlhf = doc.get("rerlhf")
+    if rerlhf and rerlhf["rows"]:
+        parts += [_figure(_best_of_n(doc, rerlhf["rows"]),
+                          "Best-of-m on the shared pool of π₀ samples per test prompt: the toxicity of the sample each "
+                          "method's recovered reward ranks highest among m, unbiased over all m-subsets of the pool, "
+                          "under the evaluation judge and under R* (shaded: 95% bootstrap CI over prompts).")]
     failed = [(r["method"], f) for r in rows for f in r["failures"]]
     if failed:
         parts += ["<h2>Failed trials</h2><ul>"]
@@ -271,6 +277,26 @@ def _policy_toxicity(policies: list[tuple[str, dict, dict | None]]) -> bytes:
     bars(axes[len(panels)], [p[2] for p in policies], "KL(π‖π₀), nats per completion")
     for ax in axes[len(panels) + 1:]:
         ax.set_visible(False)
+    return _png(fig)
+
+
+@_plotting
+def _best_of_n(doc: dict, rows: list[dict]) -> bytes:
+    colours = _colours(doc["rows"])
+    judges = [j for j in ("eval", "R*") if j in rows[0]["bon"]]
+    fig = _new_figure(4.2 * len(judges), 3.2)
+    axes = fig.subplots(1, len(judges), squeeze=False).ravel()
+    for ax, judge in zip(axes, judges):
+        for r in rows:
+            curve = r["bon"][judge]["curve"]
+            m, value, ci = np.array(curve["m"]), np.array(curve["mean_toxicity"]), np.array(curve["mean_toxicity_ci"])
+            ax.plot(m, value, marker="o", markersize=2.5, color=colours.get(r["method"]), label=r["method"])
+            ax.fill_between(m, ci[:, 0], ci[:, 1], color=colours.get(r["method"]), alpha=0.12, linewidth=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("m (samples to choose from)")
+        ax.set_ylabel("mean P(toxic) of the chosen sample")
+        ax.set_title("evaluation judge" if judge == "eval" else "R*")
+    axes[-1].legend(fontsize=7, frameon=False)
     return _png(fig)
 
 
