@@ -201,6 +201,23 @@ def test_bad_judge_and_missing_expert_are_bad_input(smoke, tmp_path):
                    progress=lambda *a: None)
 
 
+def test_failed_realignment_is_recorded_not_raised(smoke, tmp_path):
+    from bench.leaderboard import render_policies, rerlhf_results
+    from bench.rerlhf import RealignSpec, run_realign_trial
+    from bench.runner import TrialSpec, read_result
+
+    *_, data, _ = smoke
+    spec = RealignSpec(TrialSpec("bradley_terry", {"lr": -1.0}, 0, data.to_json()), "bon")  # an invalid fit
+    (tmp_path / "rerlhf").mkdir()
+    payload = run_realign_trial(spec, tmp_path / "rerlhf" / f"{spec.trial_id}.json")
+    assert payload["status"] == "failed" and "learning rate" in payload["error"], payload.get("error")
+    assert read_result(tmp_path / "rerlhf" / f"{spec.trial_id}.json") == payload
+    section = rerlhf_results(tmp_path, {"rerlhf": {"mode": "bon", "trial_ids": {"bradley_terry": [spec.trial_id]}}})
+    assert section["rows"] == [] and section["failures"][0]["method"] == "bradley_terry"
+    lines = render_policies({"task_summary": data.summary, "rerlhf": section})
+    assert any("re-alignment of `bradley_terry` failed" in line for line in lines)
+
+
 @pytest.mark.slow
 def test_bench_run_smoke_writes_a_leaderboard_with_every_method(smoke, tmp_path):
     task, cfg, cache, data, _ = smoke
