@@ -135,6 +135,21 @@ class ArtifactCache:
                 raise
         return Artifact(kind, key, final)
 
+    def locate(self, path: str) -> str:
+        """A path that an artifact recorded (a model directory, a features table), as it is under this cache.
+        Artifacts refer to each other by absolute path, which goes stale when the cache is moved or mounted at
+        another place (a cluster node, a copied results directory): a recorded path that no longer exists but
+        ends in `<kind>/<key>/…` of an artifact here is rewritten to it. Other values (hub ids) pass unchanged."""
+        recorded = Path(path)
+        if not recorded.is_absolute() or recorded.exists():
+            return path
+        parts = recorded.parts
+        for start in range(1, len(parts) - 1):
+            candidate = self.root.joinpath(*parts[start:])
+            if candidate.exists():
+                return str(candidate)
+        return path
+
     def load(self, kind: str, key: str) -> Artifact:
         """Open an artifact that must already exist (e.g. in a trial worker), verifying it."""
         path = self.path(kind, key)

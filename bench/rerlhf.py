@@ -82,6 +82,7 @@ def run_realign_trial(spec: RealignSpec, result_path: Path, progress=None) -> di
         reward, data, _ = fit_reward(fit)
         cache = ArtifactCache(data.cache_root)
         setup = cache.load("rerlhf_setup", data.artifacts["rerlhf"]).read_json("setup.json")
+        setup["base_dir"] = cache.locate(setup["base_dir"])
         samples = lambda key: cache.load("policy_samples", key).read_json("samples.json")  # noqa: E731
 
         pool = samples(setup["bon_pool"])

@@ -21,7 +21,7 @@ import numpy as np
 from ray import tune
 
 from bench import CODE_VERSION
-from bench.artifacts import atomic_write_json, content_hash
+from bench.artifacts import ArtifactCache, atomic_write_json, content_hash
 from bench.errors import BadInput
 from bench.metrics import pair_accuracy
 
@@ -104,7 +104,9 @@ def fit_reward(spec: TrialSpec, record=None):
     data = TaskData.from_json(spec.task_data)
     demos = data.demos()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    encoder = make_encoder(demos.encoder)
+    cache = ArtifactCache(data.cache_root)
+    encoder = make_encoder({k: cache.locate(v) if k in ("model", "features_dir") else v
+                            for k, v in demos.encoder.items()})
     model = RewardModel(encoder, make_head("linear", encoder.dim)).to(device)
     ctx = FitContext(seed=spec.seed, device=device, val=demos.splits["val"].preference_pairs,
                      report=record or (lambda **metrics: None))

@@ -377,9 +377,10 @@ class Detox(Task):
     def policies(self, data: TaskData) -> dict:
         from bench.policies import Policy
 
-        info = ArtifactCache(data.cache_root).load("policies", data.artifacts["policies"]).read_json("policies.json")
-        return {"base": Policy.from_pretrained(info["base"]), "expert": Policy.from_pretrained(info["expert"]),
-                "beta": info.get("beta")}
+        cache = ArtifactCache(data.cache_root)
+        info = cache.load("policies", data.artifacts["policies"]).read_json("policies.json")
+        return {"base": Policy.from_pretrained(cache.locate(info["base"])),
+                "expert": Policy.from_pretrained(cache.locate(info["expert"])), "beta": info.get("beta")}
 
 
 # ------------------------------------------------------------------------------------------------ prompts

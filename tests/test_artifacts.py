@@ -66,3 +66,16 @@ def test_load_refuses_a_corrupted_artifact(tmp_path):
     art.file("data.txt").write_text("abd")
     with pytest.raises(FileNotFoundError, match="does not match its recorded hash"):
         cache.load("demo", art.key)
+
+
+def test_locate_rewrites_recorded_paths_of_a_moved_cache(tmp_path):
+    old = ArtifactCache(tmp_path / "old" / "cache")
+    model = old.get_or_build("model", {"x": 1}, lambda d: (d / "model").mkdir())
+    recorded = str(model.path / "model")
+    (tmp_path / "old").rename(tmp_path / "elsewhere")  # the cache moved (or is mounted at another path)
+    moved = ArtifactCache(tmp_path / "elsewhere" / "cache")
+    assert moved.locate(recorded) == str(moved.path("model", model.key) / "model")
+    assert moved.locate("EleutherAI/pythia-70m") == "EleutherAI/pythia-70m"  # a hub id is not a path
+    assert moved.locate(str(tmp_path / "nowhere" / "x")) == str(tmp_path / "nowhere" / "x")  # unknown: unchanged
+    present = str(moved.path("model", model.key))
+    assert moved.locate(present) == present
