@@ -180,3 +180,19 @@ def test_rerlhf_comparison_by_hand():
     assert out["detox_rate_realigned"]["value"] == pytest.approx(1 / 3)
     assert out["detox_rate_expert"]["value"] == pytest.approx(1.0)
     assert out["recovery_ratio"]["value"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.slow
+def test_grpo_realignment_also_raises_the_rewarded_marker(tiny_lm_dir, tmp_path):
+    """`--rerlhf grpo` swaps the algorithm and keeps the rest of the recipe."""
+    from bench import rlhf
+    from bench.artifacts import ArtifactCache
+
+    prompts = ["the cat", "a quick", "please pass", "you are", "the weather", "we walked", "a kind", "the dog"]
+    recipe = rlhf.Recipe(algorithm="grpo", steps=30, learning_rate=2e-3, prompts_per_step=4, generations=4,
+                         max_completion_length=12, lora_r=0, seed=0)
+    result = realign.realign(str(tiny_lm_dir), {"test": "tiny"}, MarkerReward(), {"test": "marker"}, prompts, recipe,
+                             ArtifactCache(tmp_path / "cache"))
+    assert result.record["recipe"]["algorithm"] == "grpo" and len(result.curve) == recipe.steps
+    before, after = marker_frequency(str(tiny_lm_dir), prompts), marker_frequency(result.model_dir, prompts)
+    assert after > before + 0.3, (before, after)
