@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "the expert's own algorithm on tasks with policies (detox), off elsewhere")
     run.add_argument("--rerlhf-seeds", type=int, default=1,
                      help="re-align with the rewards of seeds 0..N-1 of each method (each costs an RLHF run)")
+    run.add_argument("--rerlhf-methods", default="all",
+                     help="all (of --methods), or NAME[,NAME...]: which methods' rewards to re-align with")
 
     sweep = sub.add_parser("sweep", help="tune a method on validation pairs; freeze the best config for `bench run`")
     target = sweep.add_mutually_exclusive_group(required=True)
@@ -95,7 +97,7 @@ def cmd_run(args, console) -> int:
         task=args.task, methods=args.methods, profile=args.profile, seeds=args.seeds, runs_dir=args.runs_dir,
         leaderboards_dir=args.leaderboards_dir, assignments=args.set, address=args.address,
         gpus_per_trial=args.gpus_per_trial, bootstrap=args.bootstrap, tuned_dir=args.tuned_dir,
-        rerlhf=args.rerlhf, rerlhf_seeds=args.rerlhf_seeds,
+        rerlhf=args.rerlhf, rerlhf_seeds=args.rerlhf_seeds, rerlhf_methods=args.rerlhf_methods,
     )
     plan = pipeline.plan(request)
     doc = pipeline.execute_plan(plan, console)

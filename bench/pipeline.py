@@ -32,6 +32,7 @@ class RunRequest:
     tuned_dir: Path = Path("tuned")
     rerlhf: str | None = None  # None: the task's default (bench.rerlhf.resolve_mode)
     rerlhf_seeds: int = 1
+    rerlhf_methods: str = "all"  # which of the selected methods are re-aligned (each costs an RLHF run)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class RunPlan:
     request: RunRequest
     tuning: dict[str, dict]  # per method: where its configuration came from (defaults or a frozen sweep)
     rerlhf: str = "off"  # resolved re-alignment mode: rloo, grpo, bon or off
+    rerlhf_methods: list[str] = field(default_factory=list)
 
     @property
     def group(self) -> str:
@@ -105,10 +107,15 @@ def plan(request: RunRequest) -> RunPlan:
     mode = rerlhf.resolve_mode(request.rerlhf or "auto", task, task_config, explicit=request.rerlhf is not None)
     if mode != "off" and not 1 <= request.rerlhf_seeds <= request.seeds:
         raise BadInput(f"--rerlhf-seeds {request.rerlhf_seeds} must lie between 1 and --seeds {request.seeds}.")
+    realigned = method_names if request.rerlhf_methods.strip() == "all" else registry.resolve_methods(
+        request.rerlhf_methods)
+    if mode != "off" and not set(realigned) <= set(method_names):
+        raise BadInput(f"--rerlhf-methods names {', '.join(sorted(set(realigned) - set(method_names)))}, which "
+                       f"--methods does not select; re-align only methods that run.")
     check_writable(request.runs_dir, "--runs-dir")
     check_writable(request.leaderboards_dir, "--leaderboards-dir")
     return RunPlan(task, request.profile, task_config, method_configs, list(range(request.seeds)), request, tuning,
-                   mode)
+                   mode, realigned)
 
 
 def check_writable(directory: Path, flag: str) -> None:
@@ -144,7 +151,7 @@ def _run_group(p: RunPlan, data, group_dir: Path, console) -> dict:
     realign_specs = {}
     if p.rerlhf != "off":
         realign_specs = {m: [rerlhf.RealignSpec(s, p.rerlhf) for s in group[: req.rerlhf_seeds]]
-                         for m, group in specs.items()}
+                         for m, group in specs.items() if m in p.rerlhf_methods}
         what = "best-of-n trials" if p.rerlhf == "bon" else f"re-alignment trials ({p.rerlhf.upper()} + best-of-n)"
         _run_pending(what, [s for group in realign_specs.values() for s in group], group_dir / "rerlhf", "realign",
                      req, console)

@@ -3,7 +3,7 @@
 (the run's default) with its cost per method.
 
     OMP_NUM_THREADS=1 python benchmarks/detox_default.py [--profile default] [--seeds 3] [--workdir /tmp/detoxrun]
-        [--phases cold,warm,run]
+        [--phases cold,warm,run] [--rerlhf-methods all]
 
 Each phase updates WORKDIR/benchmark-<profile>.json and keeps what earlier invocations measured for the others.
 
@@ -95,6 +95,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/detoxrun"))
     parser.add_argument("--phases", default="cold,warm,run", help="which of cold, warm, run to measure now")
+    parser.add_argument("--rerlhf-methods", default="all", help="passed to bench run: which methods to re-align")
     args = parser.parse_args()
     phases = args.phases.split(",")
     work = args.workdir.resolve()
@@ -123,7 +124,8 @@ def main() -> int:
             print(f"  {s['stage']:<42} {s['seconds']:>8.1f} s")
     if "run" in phases:
         measured = run_measured([sys.executable, "-m", "bench.cli", "run", "--methods", "all", "--task", "detox",
-                                 "--profile", args.profile, "--seeds", str(args.seeds)], work, env)
+                                 "--profile", args.profile, "--seeds", str(args.seeds),
+                                 "--rerlhf-methods", args.rerlhf_methods], work, env)
         report["bench_run"] = {k: v for k, v in measured.items() if k != "output_tail"}
         print(f"bench run --seeds {args.seeds} (warm task build + trials + leaderboard): {measured['seconds']} s wall, "
               f"peak {measured['peak_tree_rss_mb']} MB, exit {measured['returncode']}")

@@ -33,6 +33,7 @@ def test_ls_lists_methods_tasks_profiles(capsys):
     (["--task", "synthetic", "--rerlhf", "rloo"], "no language-model policies to re-align"),
     (["--task", "detox", "--rerlhf", "ppo"], "not a re-alignment mode; choose one of auto, rloo, grpo, bon, off"),
     (["--task", "detox", "--seeds", "2", "--rerlhf-seeds", "3"], "--rerlhf-seeds 3 must lie between 1 and"),
+    (["--task", "detox", "--methods", "oracle", "--rerlhf-methods", "random"], "which --methods does not select"),
 ])
 def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(args, fragment, tmp_path, capsys):
     runs = tmp_path / "runs"
