@@ -11,8 +11,10 @@ deterministic given its trial spec and takes seconds on cached features, so no r
                 the independent evaluation judge: toxicity, KL to π₀, perplexity under π₀, distinct-n, and the
                 detox rate and recovery ratio paired with π₀ and π_E on the same prompts
 
-A task opts in by returning its setup from `rerlhf_setup(data)` (see tasks/detox.py); the `oracle` method
-re-runs the expert recipe with R* itself, so every outcome has its reference, and `random` is the null.
+A task opts in with `supports_rerlhf = True` and a `rerlhf` artifact in its TaskData (setup.json: π₀, the recipe,
+training and evaluation prompts, judges, R*'s spread, the judged samples of π₀ and π_E and the best-of-n pool;
+see tasks/detox.py). The `oracle` method re-runs the expert recipe with R* itself, so every outcome has its
+reference, and `random` is the null.
 Results are checksummed files in `<group>/rerlhf/<id>.json`; the trained policies and their samples are cached
 artifacts (`realigned`, `policy_samples`), so a rerun repeats nothing.
 """

@@ -9,12 +9,15 @@
     features  mean-pooled last hidden state of a frozen backbone (π₀ by default) over prompt + completion,
               computed once here so that IRL heads train in seconds (encoder type `frozen_lm`)
     truth     R* and its labels (1 = toxic, P ≥ 0.5) of val/test items: only in the `truth` artifact
-    summary   toxicity of π₀ vs π_E on test prompts under R* AND an independent evaluation judge, with 95% CIs
-              (percentile bootstrap over test prompts), the expert's training curve and its KL to π₀
+    policies  π₀ and π_E sampled on the evaluation prompts (the test split plus held-out source prompts that no
+              policy trained on and no method saw) and judged by R* AND an independent evaluation judge, with
+              log-probs under π₀ (KL, perplexity); a best-of-n pool of π₀ samples on the test split. These feed
+              the summary and bench/rerlhf.py, whose setup (`rerlhf` artifact) the task writes last.
 
-Expert recipe of `default` (measured on 2 shared CPUs, test prompts, 95% prompt-bootstrap CIs): RLOO, LoRA r 16,
-lr 1e-3, β 0.02, 24 steps of 4 prompts × 4 samples. Mean P_toxic of π₀ → π_E: 0.092 → 0.051 under R*, 0.103 → 0.037
-under the BiLSTM, at KL(π_E‖π₀) ≈ 3.1 nats per 20-token completion. The recipe of docs/environment.md (lr 2e-3,
+Expert recipe of `default` (2 CPUs): RLOO, LoRA r 16, lr 1e-3, β 0.02, 24 steps of 4 prompts × 4 samples. On 463
+evaluation prompts × 2 samples, toxic rate (Wilson 95%) of π₀ → π_E: 0.087 [0.071, 0.107] → 0.033 [0.024, 0.047]
+under R*, 0.079 [0.063, 0.098] → 0.030 [0.021, 0.043] under the BiLSTM, at KL(π_E‖π₀) ≈ 3.3 nats per 20-token
+completion. The recipe of docs/environment.md (lr 2e-3,
 β 0) detoxifies further but by collapsing into fluent-free word lists (KL ≈ 97 nats), which makes every pair
 trivially separable; it remains available with `--set task.rl_lr=2e-3 --set task.rl_beta=0`.
 
@@ -281,7 +284,6 @@ class Detox(Task):
                                                               "beta": expert_info.get("beta")}))
 
         # Policies are judged on prompts no policy trained on and no method saw (see `eval_prompts`), by both judges.
-        from bench import detox_metrics as dm
         from bench import realign
 
         judges = {"R*": (reward_spec, get_reward_judge), "eval": (eval_spec, lambda: make_judge(eval_spec, cache))}
@@ -312,17 +314,7 @@ class Detox(Task):
         records = {role: art.read_json("samples.json") for role, art in evaluations.items()}
         metrics = {role: realign.policy_metrics(record) for role, record in records.items()}
         summary["expert"] = _expert_summary(expert_info, metrics["expert"].get("kl_to_base"))
-        summary["detox"] = {
-            "prompts": {"source": cfg.eval_prompts, "n": len(eval_prompts), "k": cfg.eval_samples,
-                        "n_test_split": len(splits["test"])},
-            "test": {judge: {role: metrics[role]["judges"][judge] for role in ("base", "expert")} for judge in judges},
-            "expert_detox_rate": {judge: {stat: dm.detox_rate(realign.samples_of(records["expert"], judge),
-                                                              realign.samples_of(records["base"], judge), stat).as_dict()
-                                          for stat in ("toxic_rate", "mean_toxicity")} for judge in judges},
-            "fluency": {role: {k: metrics[role].get(k) for k in ("kl_to_base", "perplexity_under_base", "distinct_1",
-                                                                 "distinct_2")} for role in ("base", "expert")},
-            "ci": "toxic rate: Wilson 95%; other statistics: 95% percentile bootstrap over prompts (2000 resamples)",
-        }
+        summary["detox"] = _policy_summary(records, metrics, cfg, len(eval_prompts), len(splits["test"]))
         summary["stage_build_seconds"] = {
             kind: art.manifest.get("seconds") for kind, art in
             (("samples", generations), ("features", features), ("truth", truth), ("eval_base", evaluations["base"]),
@@ -666,6 +658,26 @@ def _write_truth(out: Path, samples, demos: Demonstrations, reward_judge, eval_j
             for role in ("base", "expert")},
     }
     atomic_write_json(out / "summary.json", summary)
+
+
+def _policy_summary(records: dict, metrics: dict, cfg: DetoxConfig, n_prompts: int, n_test_split: int) -> dict:
+    """π₀ and π_E on the evaluation prompts: toxicity under each judge, the expert's detox rate, fluency guards."""
+    from bench import detox_metrics as dm
+    from bench.realign import samples_of
+
+    judges = list(records["base"]["p_toxic"])
+    roles = ("base", "expert")
+    return {
+        "prompts": {"source": cfg.eval_prompts, "n": n_prompts, "k": cfg.eval_samples, "n_test_split": n_test_split},
+        "test": {judge: {role: metrics[role]["judges"][judge] for role in roles} for judge in judges},
+        "expert_detox_rate": {
+            judge: {stat: dm.detox_rate(samples_of(records["expert"], judge), samples_of(records["base"], judge),
+                                        stat).as_dict() for stat in ("toxic_rate", "mean_toxicity")}
+            for judge in judges},
+        "fluency": {role: {k: metrics[role].get(k) for k in ("kl_to_base", "perplexity_under_base", "distinct_1",
+                                                             "distinct_2")} for role in roles},
+        "ci": "toxic rate: Wilson 95%; other statistics: 95% percentile bootstrap over prompts (2000 resamples)",
+    }
 
 
 def _expert_summary(expert_info: dict, kl: dict | None) -> dict:
