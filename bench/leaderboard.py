@@ -317,11 +317,11 @@ def render_policies(doc: dict) -> list[str]:
             n = rerlhf["rows"][0]["bon"][judges[0]]["n"]
             lines += ["", f"### Best-of-{n} on the test split", "",
                       f"Each method's r̂ picks the best of {n} π₀ samples per test prompt (one shared pool); the "
-                      f"chosen sample's toxicity, unbiased over all subsets. π₀ with no selection: mean tox (eval) "
-                      f"{rerlhf['rows'][0]['bon']['eval']['curve']['mean_toxicity'][0]:.3f}.", "",
+                      f"chosen sample's toxicity, unbiased over all subsets. π₀ with no selection: mean tox "
+                      f"({judges[0]}) {rerlhf['rows'][0]['bon'][judges[0]]['curve']['mean_toxicity'][0]:.3f}.", "",
                       "| method | seed | " + " | ".join(f"mean tox ({j}) ↓ | toxic rate ({j}) ↓" for j in judges) + " |",
                       "|---|---|" + "---|---|" * len(judges)]
-            for r in sorted(rerlhf["rows"], key=lambda r: (r["bon"]["eval"]["mean_toxicity"]["value"], r["method"])):
+            for r in sorted(rerlhf["rows"], key=lambda r: (r["bon"][judges[0]]["mean_toxicity"]["value"], r["method"])):
                 cells = [c for j in judges for c in (_estimate(r["bon"][j]["mean_toxicity"]),
                                                      _estimate(r["bon"][j]["toxic_rate"]))]
                 lines.append(f"| {r['method']} | {r['seed']} | " + " | ".join(cells) + " |")

@@ -168,7 +168,7 @@ def realign(base_dir: str, base_identity: dict, reward, reward_identity: dict, p
         "reward": reward_identity,
         "normalisation": normalised.describe(),
         "recipe": asdict(recipe),
-        "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+        "prompts_sha256": _sha(prompts),
         "n_prompts": len(prompts),
     }
 
