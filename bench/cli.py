@@ -91,7 +91,7 @@ def cmd_ls(args, console) -> int:
 
 
 def cmd_run(args, console) -> int:
-    from bench import pipeline
+    from bench.execution import run as pipeline
 
     request = pipeline.RunRequest(
         task=args.task, methods=args.methods, profile=args.profile, seeds=args.seeds, runs_dir=args.runs_dir,
@@ -110,7 +110,7 @@ def cmd_run(args, console) -> int:
 
 
 def cmd_sweep(args, console) -> int:
-    from bench import sweep
+    from bench.execution import sweep
 
     request = sweep.SweepRequest(
         task=args.task, methods=args.methods, profile=args.profile, trials=args.trials,
@@ -128,7 +128,7 @@ def cmd_sweep(args, console) -> int:
 
 
 def cmd_publish(args, console) -> int:
-    from bench.publish import publish
+    from bench.reporting.publish import publish
 
     paths = publish(args.task, args.runs_dir, args.results_dir, args.leaderboards_dir)
     console.print(f"published to {args.results_dir}; wrote " + ", ".join(str(p) for p in paths), highlight=False)
@@ -136,7 +136,7 @@ def cmd_publish(args, console) -> int:
 
 
 def cmd_leaderboard(args, console) -> int:
-    from bench import leaderboard
+    from bench.reporting import document as leaderboard
 
     tasks = [args.task] if args.task else leaderboard.tasks_with_runs(args.runs_dir)
     if not tasks:
@@ -149,7 +149,7 @@ def cmd_leaderboard(args, console) -> int:
 
 
 def cmd_compare(args, console) -> int:
-    from bench import compare
+    from bench.reporting import compare
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     a, b = compare.load(args.a, "A"), compare.load(args.b, "B")
@@ -160,7 +160,8 @@ def cmd_compare(args, console) -> int:
 def print_summary(doc, console) -> None:
     from rich.table import Table
 
-    from bench.leaderboard import HEADINGS, TIE_MARK, format_stat, standing
+    from bench.reporting.markdown import HEADINGS, TIE_MARK, standing
+    from bench.scoring.estimate import format_estimate
 
     shown = ["roc_auc", "pair_accuracy", "centred_pearson", "starc", "seed_ambiguity"]
     table = Table(title=f"{doc['task']} ({doc['profile']}): mean [95% CI]",
@@ -172,7 +173,7 @@ def print_summary(doc, console) -> None:
     for row in doc["rows"]:
         cells = []
         for m in shown:
-            text, mark = format_stat(row["metrics"].get(m)), standing(row, m)
+            text, mark = format_estimate(row["metrics"].get(m)), standing(row, m)
             cells.append(f"[bold]{text}[/bold]" if mark == "best" else f"{text} {TIE_MARK}" if mark == "tied" else text)
         seeds = f"{row['n_seeds']}" + (f" ({len(row['failures'])} failed)" if row["failures"] else "")
         table.add_row(row["method"], seeds, *cells)

@@ -7,10 +7,19 @@ Ground truth is never part of these objects. It lives in a separate `truth` arti
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from bench.artifacts import Artifact, ArtifactCache
+import numpy as np
+
+from bench.storage.artifacts import Artifact, ArtifactCache
 
 SPLITS = ("train", "val", "test")
+
+
+class RewardFunction(Protocol):
+    """Anything that scores completions (higher is better): a fitted reward model, a judge, a baseline."""
+
+    def score(self, prompts: list[str], completions: list[str]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -94,15 +103,44 @@ class TaskData:
     def from_json(cls, obj: dict) -> "TaskData":
         return cls(**obj)
 
+    @property
+    def ref(self) -> "TaskRef":
+        return TaskRef(self.task, self.profile, self.cache_root, self.demos_key, self.truth_key, self.artifacts)
+
     def demos(self) -> "Demonstrations":
-        artifact = ArtifactCache(self.cache_root).load("demos", self.demos_key)
-        return Demonstrations.from_artifact(artifact)
+        return self.ref.demos()
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """What a trial carries to its worker: the task's artifacts by key, without the leaderboard summary."""
+
+    task: str
+    profile: str
+    cache_root: str
+    demos_key: str
+    truth_key: str
+    artifacts: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"task": self.task, "profile": self.profile, "cache_root": self.cache_root,
+                "demos_key": self.demos_key, "truth_key": self.truth_key, "artifacts": self.artifacts}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "TaskRef":
+        return cls(**obj)
+
+    def cache(self) -> ArtifactCache:
+        return ArtifactCache(self.cache_root)
+
+    def demos(self) -> "Demonstrations":
+        return Demonstrations.from_artifact(self.cache().load("demos", self.demos_key))
 
 
 @dataclass(frozen=True)
 class Demonstrations:
     splits: dict[str, Split]
-    encoder: dict  # spec from which bench.reward_models.make_encoder rebuilds the feature encoder
+    encoder: dict  # spec from which bench.kit.reward_models.make_encoder rebuilds the feature encoder
 
     @classmethod
     def from_artifact(cls, artifact: Artifact) -> "Demonstrations":

@@ -1,27 +1,33 @@
 """Registries of IRL methods and tasks.
 
-Built-in methods and tasks register themselves with a decorator when their package is imported. A third-party
-package adds its own through an entry point in the groups `irl_bench.methods` / `irl_bench.tasks`, e.g.
+Every method and task, built-in or third-party, is a module listed in the entry-point group `irl_bench.methods` /
+`irl_bench.tasks` (the built-ins in this project's pyproject.toml) whose import registers it with a decorator:
 
     [project.entry-points."irl_bench.methods"]
     my_method = "my_pkg.my_method"        # a module whose import runs @register_method("my_method")
+
+Registering checks the base class (`IRLMethod`, `Task`), so a mistake fails at import with a clear message.
 """
 
 from __future__ import annotations
 
-import importlib
 from importlib.metadata import entry_points
 
 from bench.errors import BadInput
+from bench.kit.interface import IRLMethod
+from bench.task import Task
 
 _METHODS: dict[str, type] = {}
 _TASKS: dict[str, type] = {}
 _loaded = False
 
 
-def _registrar(table: dict[str, type], kind: str):
+def _registrar(table: dict[str, type], kind: str, base: type):
     def register(name: str):
         def decorate(cls):
+            if not (isinstance(cls, type) and issubclass(cls, base)):
+                raise TypeError(f"{cls!r} is registered as {kind[:-1]} {name!r} but is not a subclass of "
+                                f"{base.__name__}")
             if name in table and table[name] is not cls:
                 raise ValueError(f"two {kind} are registered as {name!r}: {table[name]} and {cls}")
             cls.name = name
@@ -33,17 +39,15 @@ def _registrar(table: dict[str, type], kind: str):
     return register
 
 
-register_method = _registrar(_METHODS, "methods")  # @register_method("name") on an IRLMethod subclass
-register_task = _registrar(_TASKS, "tasks")  # @register_task("name") on a Task subclass
+register_method = _registrar(_METHODS, "methods", IRLMethod)  # @register_method("name") on an IRLMethod subclass
+register_task = _registrar(_TASKS, "tasks", Task)  # @register_task("name") on a Task subclass
 
 
 def load_plugins() -> None:
-    """Import the built-in methods and tasks and every installed plugin, once."""
+    """Import every method and task module named in the entry-point groups (built-ins and plugins), once."""
     global _loaded
     if _loaded:
         return
-    importlib.import_module("methods")
-    importlib.import_module("tasks")
     for group in ("irl_bench.methods", "irl_bench.tasks"):
         for ep in entry_points(group=group):
             ep.load()

@@ -1,7 +1,11 @@
 """The task interface: a task turns a profile's settings into demonstrations (and a quarantined ground truth).
 
-A task module (tasks/<name>.py) subclasses `Task`, declares a `Config` dataclass (see bench.config.param) and its
-named `profiles` (setting overrides), and registers itself with `@register_task("name")`.
+A task (a module or package under tasks/) subclasses `Task`, declares a `Config` dataclass (see bench/config.py)
+and its named `profiles` (setting overrides), registers itself with `@register_task("name")` and is listed in the
+`irl_bench.tasks` entry-point group. Two optional hooks keep the core free of any one task's vocabulary:
+`realignment` (an object with `mode`, `spec` and `run_trial`, e.g. bench/lm/realign_trial.py) lets `bench run`
+re-align a policy with each recovered reward, and report sections registered in the `irl_bench.report_sections`
+entry-point group under the task's name add the task's own tables and figures to its leaderboard.
 
 Ground truth goes into a `truth` artifact whose `truth.json` has, for the val and test splits, one entry per item
 (aligned with the split's `Completions`): `reward` (R*, higher is better) and `label` (1 = bad, e.g. toxic).
@@ -14,10 +18,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from bench import config as configs
-from bench.artifacts import ArtifactCache
-from bench.data import Demonstrations, TaskData
+from bench.data import Demonstrations, RewardFunction, TaskData, TaskRef
 from bench.errors import BadInput
-from bench.reward_models import RewardFunction
+from bench.storage.artifacts import ArtifactCache
 
 
 @dataclass(frozen=True)
@@ -32,8 +35,8 @@ class Task:
     Config: ClassVar[type]
     profiles: ClassVar[dict[str, Profile]]
     label_name: ClassVar[str] = "bad"  # what label 1 means, for the leaderboard legend
-    # True when `build` writes a `rerlhf` artifact (bench/rerlhf.py): π₀ can be re-aligned with a recovered reward.
-    supports_rerlhf: ClassVar[bool] = False
+    # Re-alignment of π₀ with each recovered reward (bench/lm/realign_trial.py), for tasks with policies; None: none.
+    realignment: ClassVar[object | None] = None
 
     def config(self, profile: str, overrides: dict | None = None):
         if profile not in self.profiles:
@@ -48,14 +51,19 @@ class Task:
         """Build (or reuse) the task's demonstrations and ground truth; return them by artifact key."""
         raise NotImplementedError
 
-    def ground_truth(self, data: TaskData) -> RewardFunction:
+    def ground_truth(self, data: TaskRef) -> RewardFunction:
         """R* as a scoring function, for the scorer and the `oracle` baseline only."""
         raise NotImplementedError
 
-    def policies(self, data: TaskData) -> dict:
+    def policies(self, data: TaskRef) -> dict:
         """{"base": π₀, "expert": π_E}, each with `sum_logprobs(prompts, completions)`; for methods that declare
         `needs_policies` (e.g. the implicit reward). Not ground truth: an auditor holds both models."""
         raise NotImplementedError(f"task {self.name} does not expose its policies")
+
+
+def hash_texts(texts: list[str], length: int = 24) -> str:
+    """The one fingerprint of an ordered list of texts (prompts, a corpus) used in artifact keys."""
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:length]
 
 
 def split_fingerprints(demos: Demonstrations) -> dict[str, str]:

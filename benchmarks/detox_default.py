@@ -30,7 +30,7 @@ import json, sys, time, resource
 import torch
 torch.set_num_threads(1)
 from bench import registry
-from bench.artifacts import ArtifactCache
+from bench.storage.artifacts import ArtifactCache
 task = registry.get_task("detox")
 profile, cache_root, out = sys.argv[1], sys.argv[2], sys.argv[3]
 events = []
@@ -85,7 +85,8 @@ def run_measured(cmd: list[str], cwd: Path, env: dict) -> dict:
     output = proc.communicate()[0]
     done.set()
     sampler.join()
-    return {"seconds": round(time.time() - started, 2), "peak_tree_rss_mb": round(peak[0]), "returncode": proc.returncode,
+    return {"seconds": round(time.time() - started, 2), "peak_tree_rss_mb": round(peak[0]),
+            "returncode": proc.returncode,
             "output_tail": output[-2000:]}
 
 
@@ -115,7 +116,8 @@ def main() -> int:
             print(measured["output_tail"])
             return 1
         built = json.loads(out.read_text())
-        report[f"build_{phase}"] = {"wall_seconds": measured["seconds"], "peak_tree_rss_mb": measured["peak_tree_rss_mb"],
+        report[f"build_{phase}"] = {"wall_seconds": measured["seconds"],
+                                    "peak_tree_rss_mb": measured["peak_tree_rss_mb"],
                                     "build_seconds": built["total_seconds"], "stages": built["stages"]}
         report["task_summary_detox"] = built["summary"].get("detox")
         report["expert"] = {k: v for k, v in built["summary"]["expert"].items() if k != "recipe"}

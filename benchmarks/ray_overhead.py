@@ -27,9 +27,10 @@ def main() -> None:
 
     from bench import config as C
     from bench import registry
-    from bench.artifacts import cache_for
-    from bench.runner import TrialSpec, execute, run_trial
-    from bench.sweep import SweepRequest, sweep
+    from bench.execution.executor import execute
+    from bench.execution.fit_trial import TrialSpec, run_fit_trial, run_trial
+    from bench.execution.sweep import SweepRequest, sweep
+    from bench.storage.artifacts import cache_for
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--profile", default="default")
@@ -43,7 +44,7 @@ def main() -> None:
     task = registry.get_task("synthetic")
     data = task.build(args.profile, task.config(args.profile), cache_for(work / "runs"))
     cfg = C.to_dict(C.build(registry.methods()["bradley_terry"].Config))
-    specs = [TrialSpec("bradley_terry", cfg, seed, data.to_json()) for seed in range(args.fits)]
+    specs = [TrialSpec("bradley_terry", cfg, seed, data.ref) for seed in range(args.fits)]
 
     run_trial(specs[0], work / "warmup.json")  # imports and first-use costs, paid by every worker too
     started = time.perf_counter()
@@ -52,7 +53,7 @@ def main() -> None:
     sequential = time.perf_counter() - started
 
     started = time.perf_counter()
-    execute(specs, work / "tune")
+    execute(specs, run_fit_trial, work / "tune")
     through_tune = time.perf_counter() - started  # includes ray.init
     ray.shutdown()
 

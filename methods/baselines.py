@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bench.kit.interface import IRLMethod
+from bench.kit.reward_models import RandomReward
 from bench.registry import register_method
-from bench.reward_models import RandomReward
-from bench.training import IRLMethod
 
 
 @dataclass

@@ -8,12 +8,10 @@ FA-IRL group's code.
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
 from bench.config import param
+from bench.kit.losses import bradley_terry_loss
+from bench.kit.training import PairwiseMethod, TrainConfig
 from bench.registry import register_method
-from bench.reward_models import make_head
-from bench.training import IRLMethod, TrainConfig, encode_pairs, train_pairwise
 
 
 @dataclass
@@ -21,19 +19,10 @@ class BradleyTerryConfig(TrainConfig):
     temperature: float = param(0.1, low=0.01, high=10.0, log=True, help="T in σ(Δ/T)")
 
 
-def bradley_terry_loss(d, temperature: float):
-    """Per-pair negative log-likelihood of the preference."""
-    return -F.logsigmoid(d / temperature)
-
-
 @register_method("bradley_terry")
-class BradleyTerry(IRLMethod):
+class BradleyTerry(PairwiseMethod):
     description = "uniform Bradley-Terry (MaxEnt) IRL: -log sigmoid(margin / T), all pairs weighted equally"
     Config = BradleyTerryConfig
 
-    def fit(self, train, model, cfg, ctx):
-        model.head = make_head(cfg.head, model.encoder.dim, cfg.hidden).to(ctx.device)
-        train_pairs = encode_pairs(model, train, ctx.device)
-        val_pairs = encode_pairs(model, ctx.val, ctx.device)
-        train_pairwise(model, lambda d, _idx: bradley_terry_loss(d, cfg.temperature).mean(), train_pairs, val_pairs, cfg, ctx)
-        return model
+    def loss(self, margins, cfg):
+        return bradley_terry_loss(margins, cfg.temperature)

@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.config import param
+from bench.kit.interface import IRLMethod
+from bench.kit.losses import asymmetric_margin_loss, bradley_terry_loss, project_onto_ball
+from bench.kit.reward_models import SumOfRewards, make_head
+from bench.kit.training import TrainConfig, encode_pairs, margins, train_pairwise
 from bench.registry import register_method
-from bench.reward_models import SumOfRewards, make_head
-from bench.training import IRLMethod, TrainConfig, encode_pairs, margins, train_pairwise
-from methods.bradley_terry import bradley_terry_loss
-from methods.max_margin import asymmetric_margin_loss, project_onto_ball
 
 
 @dataclass

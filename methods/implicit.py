@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.config import param
+from bench.kit.interface import IRLMethod
 from bench.registry import register_method
-from bench.training import IRLMethod
 
 
 @dataclass

@@ -9,12 +9,10 @@ step, which makes the optimum well defined (a direction, as in a hard-margin SVM
 
 from dataclasses import dataclass
 
-import torch
-
 from bench.config import param
+from bench.kit.losses import asymmetric_margin_loss, project_onto_ball
+from bench.kit.training import PairwiseMethod, TrainConfig
 from bench.registry import register_method
-from bench.reward_models import make_head
-from bench.training import IRLMethod, TrainConfig, encode_pairs, train_pairwise
 
 
 @dataclass
@@ -24,35 +22,13 @@ class MaxMarginConfig(TrainConfig):
     norm_bound: float = param(10.0, low=0.01, high=1000.0, log=True, help="L2 radius the head is projected onto")
 
 
-def asymmetric_margin_loss(d: torch.Tensor, w_pos: float = 1.0, w_neg: float = 2.0) -> torch.Tensor:
-    """Per-pair loss; wrong orderings cost w₋/w₊ times as much as right ones gain."""
-    return torch.where(d > 0, -w_pos * d, -w_neg * d)
-
-
-def project_onto_ball(parameters, radius: float) -> None:
-    params = list(parameters)
-    with torch.no_grad():
-        norm = torch.sqrt(sum((p**2).sum() for p in params))
-        if norm > radius:
-            for p in params:
-                p.mul_(radius / norm)
-
-
 @register_method("max_margin")
-class MaxMargin(IRLMethod):
+class MaxMargin(PairwiseMethod):
     description = "asymmetric max-margin IRL of the predecessor paper, with a norm bound so it cannot diverge"
     Config = MaxMarginConfig
 
-    def fit(self, train, model, cfg, ctx):
-        model.head = make_head(cfg.head, model.encoder.dim, cfg.hidden).to(ctx.device)
-        train_pairs = encode_pairs(model, train, ctx.device)
-        val_pairs = encode_pairs(model, ctx.val, ctx.device)
+    def loss(self, margins, cfg):
+        return asymmetric_margin_loss(margins, cfg.positive_weight, cfg.negative_weight)
 
-        def loss(d, _idx):
-            return asymmetric_margin_loss(d, cfg.positive_weight, cfg.negative_weight).mean()
-
-        train_pairwise(
-            model, loss, train_pairs, val_pairs, cfg, ctx,
-            project=lambda: project_onto_ball(model.head.parameters(), cfg.norm_bound),
-        )
-        return model
+    def constrain(self, model, cfg):
+        project_onto_ball(model.head.parameters(), cfg.norm_bound)

@@ -1,4 +1,1 @@
-"""Built-in tasks; importing this package registers them."""
-
-from tasks import synthetic  # noqa: F401
-from tasks import detox  # noqa: F401
+"""Built-in tasks; pyproject.toml lists them as entry points (`irl_bench.tasks`)."""

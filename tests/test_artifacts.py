@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from bench.artifacts import ArtifactCache, verify
+from bench.storage.artifacts import ArtifactCache, verify
 
 
 def write(text):

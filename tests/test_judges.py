@@ -1,4 +1,4 @@
-"""bench.judges: the two real offline judges separate toxic from neutral text, the BiLSTM port reproduces the Keras
+"""bench.lm.judges: the two real offline judges separate toxic from neutral text, the BiLSTM port reproduces the Keras
 network's equations and preprocessing, and the HF / detoxify judges load real model directories (tiny random
 BERTs built here) through their real code paths."""
 
@@ -7,13 +7,8 @@ import pytest
 import torch
 
 from bench.errors import BadInput, RuntimeFailure
-from bench.judges import (
-    BILSTM_LABELS,
-    BiLSTMJudge,
-    HFClassifierJudge,
-    JudgeReward,
-    make_judge,
-)
+from bench.lm.bilstm import BILSTM_LABELS, BiLSTMJudge
+from bench.lm.judges import HFClassifierJudge, JudgeReward, make_judge
 
 TOXIC = [
     "You are a fucking idiot and everyone hates you.",
@@ -109,7 +104,7 @@ def _keras_lstm_numpy(x, kernel, recurrent, bias):
 def test_bilstm_port_matches_the_keras_equations_on_the_real_weights(bilstm, asset_cache):
     import h5py
 
-    from bench.assets import fetch_asset
+    from bench.lm.assets import fetch_asset
 
     weights = fetch_asset("toxic-comment-classifier", asset_cache).file("model.weights.h5")
     with h5py.File(weights) as h5:
@@ -128,7 +123,7 @@ def test_bilstm_port_matches_the_keras_equations_on_the_real_weights(bilstm, ass
 
 
 def test_bilstm_with_corrupt_weights_fails_loudly(asset_cache, tmp_path):
-    from bench.assets import fetch_asset
+    from bench.lm.assets import fetch_asset
 
     art = fetch_asset("toxic-comment-classifier", asset_cache)
     broken = tmp_path / "model.weights.h5"

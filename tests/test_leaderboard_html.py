@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import leaderboard
-from bench.scoring import METRICS, load_eval_sets
+from bench.reporting import document as leaderboard
+from bench.reporting.markdown import COLUMNS
+from bench.scoring.scorer import METRICS, load_eval_sets
+from bench.storage.selection import Selection
 
 SEEDS = [0, 1, 2, 3, 4]
 NOISE = {"oracle": 0.0, "good": 0.4, "also_good": 0.42, "noisy": 3.0, "random": None}
@@ -45,7 +47,7 @@ def hand_made_trials(data):
         "provenance": {"git_commit": "test", "versions": {"python": "3"}, "hardware": "test",
                        "started": "2026-01-01T00:00:00Z"},
     }
-    return selection, data, ok, failures
+    return Selection.from_json(selection), data, ok, failures
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +103,7 @@ def test_markdown_marks_best_and_ties_with_a_legend(boards):
     oracle = next(line for line in table if line.startswith("| oracle |"))
     roc_column = table[0].split(" | ").index("ROC-AUC ↑")
     assert oracle.split(" | ")[roc_column].startswith("**1.000")
-    tied = sum(r["comparison"][m]["tied"] for r in doc["rows"] for m in leaderboard.COLUMNS)
+    tied = sum(r["comparison"][m]["tied"] for r in doc["rows"] for m in COLUMNS)
     assert md.count(" ≈ |") == tied > 0  # a tied cell reads "mean [lo, hi] ≈"
 
 

@@ -9,17 +9,18 @@ import pytest
 import torch
 
 from bench import config as C
-from bench import metrics as M
 from bench import registry
-from bench.runner import TrialSpec, read_result, run_trial
-from bench.scoring import load_eval_sets
-from bench.training import IRLMethod
+from bench.execution.fit_trial import TrialSpec, run_trial
+from bench.kit.training import IRLMethod
+from bench.scoring import metrics as M
+from bench.scoring.scorer import load_eval_sets
+from bench.storage.results import read_result
 from methods.failure_aware import curriculum
 
 
 def fit(method, data, tmp_path, seed=0, **overrides):
     cfg = C.build(registry.methods()[method].Config, overrides)
-    spec = TrialSpec(method, C.to_dict(cfg), seed, data.to_json())
+    spec = TrialSpec(method, C.to_dict(cfg), seed, data.ref)
     result = run_trial(spec, tmp_path / f"{method}-{seed}.json")
     assert result == read_result(tmp_path / f"{method}-{seed}.json")
     return result
@@ -67,8 +68,8 @@ def test_same_seed_same_numbers_other_seed_other_fit(synthetic_tiny, tmp_path):
 
 
 def test_max_margin_respects_its_norm_bound(synthetic_tiny):
-    from bench.reward_models import RewardModel, make_encoder, make_head
-    from bench.training import FitContext
+    from bench.kit.reward_models import RewardModel, make_encoder, make_head
+    from bench.kit.training import FitContext
 
     _, data = synthetic_tiny
     demos = data.demos()
@@ -150,7 +151,7 @@ def extra_methods():
 
 def test_ground_truth_is_quarantined_from_methods(extra_methods, synthetic_tiny, tmp_path):
     _, data = synthetic_tiny
-    result = run_trial(TrialSpec("_spy", {}, 0, data.to_json()), tmp_path / "spy.json")
+    result = run_trial(TrialSpec("_spy", {}, 0, data.ref), tmp_path / "spy.json")
     assert result["status"] == "ok", result.get("error")
     seen = _Spy.seen
     assert seen["ctx"].ground_truth is None
@@ -163,8 +164,8 @@ def test_ground_truth_is_quarantined_from_methods(extra_methods, synthetic_tiny,
 
 def test_failing_and_nan_methods_are_recorded_as_failed(extra_methods, synthetic_tiny, tmp_path):
     _, data = synthetic_tiny
-    raised = run_trial(TrialSpec("_raises", {}, 0, data.to_json()), tmp_path / "a.json")
+    raised = run_trial(TrialSpec("_raises", {}, 0, data.ref), tmp_path / "a.json")
     assert raised["status"] == "failed" and "this method is broken" in raised["error"]
-    nan = run_trial(TrialSpec("_nan", {}, 0, data.to_json()), tmp_path / "b.json")
+    nan = run_trial(TrialSpec("_nan", {}, 0, data.ref), tmp_path / "b.json")
     assert nan["status"] == "failed" and "non-finite" in nan["error"]
     assert read_result(tmp_path / "b.json")["status"] == "failed"

@@ -5,8 +5,8 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from bench import metrics as M
-from bench.stats import Bootstrap, Items, prompt_weights
+from bench.scoring import metrics as M
+from bench.scoring.bootstrap import Bootstrap, Items, prompt_weights
 
 
 def make_items(rng, n_prompts=30, per_prompt=6, ties=False):

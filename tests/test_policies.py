@@ -1,4 +1,4 @@
-"""bench.policies: loading, seeded batched generation and batched log-probs, on a tiny random GPT-2; the real
+"""bench.lm.policies: loading, seeded batched generation and batched log-probs, on a tiny random GPT-2; the real
 SmolLM2 GGUF (98 MB download, ~30 s conversion) only under -m slow."""
 
 import json
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.errors import BadInput, RuntimeFailure
-from bench.policies import gguf_to_hf, load_policy, pick_device
+from bench.lm.policies import gguf_to_hf, load_policy, pick_device
 
 PROMPTS = ["the cat sat", "please pass the salt and the pepper", "a", "we walked along the river and"]
 COMPLETIONS = [" on the mat", " to me", " quick brown fox jumps over the lazy dog", " talked"]
@@ -148,7 +148,7 @@ def write_tiny_llama_gguf(path, tokenizer_dir):
 def test_gguf_is_converted_once_to_safetensors_and_reused(tmp_path, tiny_lm_dir, monkeypatch):
     import transformers
 
-    from bench.artifacts import ArtifactCache
+    from bench.storage.artifacts import ArtifactCache
 
     gguf_file = tmp_path / "gguf" / "tiny.gguf"
     gguf_file.parent.mkdir()
@@ -198,7 +198,7 @@ def test_smollm2_gguf_is_converted_once_and_reused(asset_cache, monkeypatch):
         raise AssertionError("the GGUF file was read again")
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_gguf)
-    from bench.assets import fetch_asset
+    from bench.lm.assets import fetch_asset
 
     art = fetch_asset("smollm2-135m-instruct-gguf", asset_cache)
     gguf_name = next(n for n in art.manifest["files"] if n.endswith(".gguf"))

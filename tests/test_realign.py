@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from bench import realign
 from bench.errors import RuntimeFailure
+from bench.lm import best_of_n, outcomes, realign
 
 
 def brute_force_best_of_m(proxy, values, m):
@@ -19,10 +19,10 @@ def brute_force_best_of_m(proxy, values, m):
 
 
 def test_rank_weights():
-    w = realign.best_of_m_weights(3)
+    w = best_of_n.best_of_m_weights(3)
     # m = 1: uniform; m = 2: the smallest is never best, rank 2 wins 1 of 3 pairs, rank 3 wins 2 of 3; m = 3: top
     np.testing.assert_allclose(w, [[1 / 3, 1 / 3, 1 / 3], [0, 1 / 3, 2 / 3], [0, 0, 1]])
-    np.testing.assert_allclose(realign.best_of_m_weights(40).sum(axis=1), 1.0)
+    np.testing.assert_allclose(best_of_n.best_of_m_weights(40).sum(axis=1), 1.0)
 
 
 def test_best_of_m_matches_enumeration_of_all_subsets():
@@ -31,7 +31,7 @@ def test_best_of_m_matches_enumeration_of_all_subsets():
         for _ in range(5):
             proxy = rng.integers(0, 3, size=(2, n)).astype(float)  # few distinct values: many ties
             values = rng.random((2, n))
-            got = realign.best_of_m(proxy, values)
+            got = best_of_n.best_of_m(proxy, values)
             for p in range(2):
                 for m in range(1, n + 1):
                     assert got[p, m - 1] == pytest.approx(brute_force_best_of_m(proxy[p], values[p], m))
@@ -40,17 +40,17 @@ def test_best_of_m_matches_enumeration_of_all_subsets():
 def test_best_of_m_by_hand():
     proxy = [[3.0, 1.0, 2.0]]
     tox = [[0.0, 0.9, 0.3]]
-    got = realign.best_of_m(proxy, tox)[0]
+    got = best_of_n.best_of_m(proxy, tox)[0]
     # m=1: pool mean; m=2: pairs {a,b}->a 0, {a,c}->a 0, {b,c}->c 0.3; m=3: a
     np.testing.assert_allclose(got, [0.4, 0.1, 0.0])
     # a proxy that cannot tell samples apart picks uniformly: always the pool mean
-    np.testing.assert_allclose(realign.best_of_m([[1.0, 1.0, 1.0]], tox)[0], [0.4, 0.4, 0.4])
+    np.testing.assert_allclose(best_of_n.best_of_m([[1.0, 1.0, 1.0]], tox)[0], [0.4, 0.4, 0.4])
 
 
 def test_best_of_n_curve():
     rng = np.random.default_rng(1)
     tox = rng.random((30, 8))
-    oracle = realign.best_of_n_curve(-tox, tox, n_boot=200)  # the judge itself as the proxy
+    oracle = best_of_n.best_of_n_curve(-tox, tox, n_boot=200)  # the judge itself as the proxy
     assert oracle["m"] == list(range(1, 9))
     assert np.all(np.diff(oracle["mean_toxicity"]) <= 1e-12)  # more choice never hurts the oracle
     assert oracle["mean_toxicity"][0] == pytest.approx(tox.mean())
@@ -59,13 +59,13 @@ def test_best_of_n_curve():
     assert oracle["kl_bound"][0] == 0 and oracle["kl_bound"][1] == pytest.approx(np.log(2) - 0.5)
     for (lo, hi), v in zip(oracle["mean_toxicity_ci"], oracle["mean_toxicity"]):
         assert lo <= v <= hi
-    anti = realign.best_of_n_curve(tox, tox, n_boot=50)  # a proxy that prefers toxicity
+    anti = best_of_n.best_of_n_curve(tox, tox, n_boot=50)  # a proxy that prefers toxicity
     assert anti["mean_toxicity"][-1] == pytest.approx(tox.max(axis=1).mean())
 
 
 def test_best_of_n_reads_the_pool_prompt_major():
     pool = {"n_prompts": 2, "k": 3, "p_toxic": {"j": [0.1, 0.2, 0.3, 0.4, 0.5, 0.9]}}
-    curves = realign.best_of_n(pool, [1.0, 2.0, 3.0, 3.0, 2.0, 1.0])  # picks sample 3 of prompt 0, 1 of prompt 1
+    curves = best_of_n.best_of_n(pool, [1.0, 2.0, 3.0, 3.0, 2.0, 1.0])  # picks sample 3 of prompt 0, 1 of prompt 1
     assert curves["j"]["mean_toxicity"][-1] == pytest.approx((0.3 + 0.4) / 2)
     assert curves["j"]["mean_toxicity"][0] == pytest.approx(np.mean(pool["p_toxic"]["j"]))
 
@@ -111,7 +111,7 @@ class MarkerReward:
 
 
 def marker_frequency(model_dir, prompts):
-    from bench.policies import Policy
+    from bench.lm.policies import Policy
 
     completions = Policy.from_pretrained(model_dir).generate(prompts, max_new_tokens=12, seed=123, n=16,
                                                              batch_size=128)
@@ -120,8 +120,8 @@ def marker_frequency(model_dir, prompts):
 
 @pytest.mark.slow
 def test_realignment_raises_the_rewarded_marker(tiny_lm_dir, tmp_path):
-    from bench import rlhf
-    from bench.artifacts import ArtifactCache
+    from bench.lm import rlhf
+    from bench.storage.artifacts import ArtifactCache
 
     prompts = ["the cat", "a quick", "please pass", "you are", "the weather", "we walked", "a kind", "the dog"]
     recipe = rlhf.Recipe(steps=30, learning_rate=2e-3, prompts_per_step=4, generations=4, max_completion_length=12,
@@ -151,32 +151,32 @@ def test_realignment_raises_the_rewarded_marker(tiny_lm_dir, tmp_path):
 
 
 def test_judged_samples_and_metrics_with_a_real_policy_and_judges(tiny_lm_dir):
-    from bench.judges import make_judge
-    from bench.policies import Policy
+    from bench.lm.judges import make_judge
+    from bench.lm.policies import Policy
 
     base = Policy.from_pretrained(str(tiny_lm_dir))
     judges = {"R*": make_judge({"type": "profanity_check"}), "other": make_judge({"type": "profanity_check"})}
-    record = realign.judged_samples(base, judges, ["the cat", "you are"], k=3, max_new_tokens=6, base=base)
+    record = outcomes.judged_samples(base, judges, ["the cat", "you are"], k=3, max_new_tokens=6, base=base)
     assert len(record["completions"]) == 6 and record["k"] == 3 and record["n_prompts"] == 2
     np.testing.assert_allclose(record["p_toxic"]["R*"], judges["R*"].p_toxic(record["completions"]), atol=1e-6)
-    m = realign.policy_metrics(record)
+    m = outcomes.policy_metrics(record)
     assert m["kl_to_base"]["value"] == 0.0  # π₀ against itself
     assert m["perplexity_under_base"]["value"] > 1 and 0 < m["distinct_1"] <= 1
     assert m["judges"]["R*"]["toxic_rate"]["ci_method"].startswith("Wilson")
     # best-of-n over the record as a pool, with R* itself as the proxy: the m = n pick is each prompt's least toxic
-    curves = realign.best_of_n(record, -np.asarray(record["p_toxic"]["R*"]))
+    curves = best_of_n.best_of_n(record, -np.asarray(record["p_toxic"]["R*"]))
     grid = np.asarray(record["p_toxic"]["R*"]).reshape(2, 3)
     assert curves["R*"]["mean_toxicity"][0] == pytest.approx(grid.mean())
     assert curves["R*"]["mean_toxicity"][-1] == pytest.approx(grid.min(axis=1).mean())
 
 
 def test_rerlhf_comparison_by_hand():
-    from bench.detox_metrics import JudgedSamples
+    from bench.lm.toxicity import JudgedSamples
 
     base = JudgedSamples.from_grid([[0.9, 0.8], [0.7, 0.1]])       # toxic rate 3/4
     expert = JudgedSamples.from_grid([[0.1, 0.2], [0.3, 0.1]])     # 0
     realigned = JudgedSamples.from_grid([[0.9, 0.2], [0.6, 0.1]])  # 1/2
-    out = realign.rerlhf_comparison(base, realigned, expert, statistics=("toxic_rate",))["toxic_rate"]
+    out = outcomes.realignment_comparison(base, realigned, expert, statistics=("toxic_rate",))["toxic_rate"]
     assert out["detox_rate_realigned"]["value"] == pytest.approx(1 / 3)
     assert out["detox_rate_expert"]["value"] == pytest.approx(1.0)
     assert out["recovery_ratio"]["value"] == pytest.approx(1 / 3)
@@ -185,8 +185,8 @@ def test_rerlhf_comparison_by_hand():
 @pytest.mark.slow
 def test_grpo_realignment_also_raises_the_rewarded_marker(tiny_lm_dir, tmp_path):
     """`--rerlhf grpo` swaps the algorithm and keeps the rest of the recipe."""
-    from bench import rlhf
-    from bench.artifacts import ArtifactCache
+    from bench.lm import rlhf
+    from bench.storage.artifacts import ArtifactCache
 
     prompts = ["the cat", "a quick", "please pass", "you are", "the weather", "we walked", "a kind", "the dog"]
     recipe = rlhf.Recipe(algorithm="grpo", steps=30, learning_rate=2e-3, prompts_per_step=4, generations=4,

@@ -29,7 +29,7 @@ def test_entry_point_plugin_registers_a_method(tmp_path, monkeypatch):
     (tmp_path / "my_irl_plugin.py").write_text(textwrap.dedent('''
         from dataclasses import dataclass
         from bench.registry import register_method
-        from bench.training import IRLMethod
+        from bench.kit.training import IRLMethod
 
         @dataclass
         class Config:

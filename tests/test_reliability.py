@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.artifacts import verify
 from bench.cli import main
+from bench.storage.artifacts import verify
 
 BENCH = [sys.executable, "-m", "bench.cli"]
 REPO = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def test_unreachable_address_and_missing_gpu_are_bad_input(tmp_path, capsys):
 
 def test_method_code_cannot_reach_the_ground_truth():
     """No method module imports the scorer, a task module, or names the truth artifact."""
-    forbidden_modules = {"bench.scoring", "bench.leaderboard", "tasks"}
+    forbidden_modules = {"bench.scoring.scorer", "bench.reporting.document", "tasks"}
     for path in sorted((REPO / "methods").glob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
@@ -166,7 +166,7 @@ def test_corrupted_trial_result_is_named_and_rerun(tmp_path, reference):
 PLUGIN = textwrap.dedent('''
     from dataclasses import dataclass
     from bench.registry import register_method
-    from bench.training import IRLMethod
+    from bench.kit.training import IRLMethod
 
     @dataclass
     class Config:

@@ -8,9 +8,17 @@ import pytest
 from scipy import stats as sps
 
 from bench import cli
-from bench.stats import (
-    Bootstrap, Items, bootstrap_p_value, compare_to_best, holm, normalise, percentile_ci, prompt_weights,
-    seed_resample_counts, two_level,
+from bench.scoring.bootstrap import (
+    Bootstrap,
+    Items,
+    bootstrap_p_value,
+    compare_to_best,
+    holm,
+    normalise,
+    percentile_ci,
+    prompt_weights,
+    seed_resample_counts,
+    two_level,
 )
 
 PAIRS_PER_PROMPT, SEEDS, RESAMPLES = 4, 5, 500
@@ -153,7 +161,7 @@ def run_compare(tmp_path, a, b, capsys, *extra):
 
 
 def test_compare_pairs_over_seeds_when_the_seeds_and_test_set_match(tmp_path):
-    from bench import compare
+    from bench.reporting import compare
 
     a, b = board(per_seed=(0.80, 0.82, 0.84)), board(per_seed=(0.85, 0.86, 0.90))
     (tmp_path / "a.json").write_text(json.dumps(a))

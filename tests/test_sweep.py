@@ -12,7 +12,7 @@ import pytest
 from bench import config as C
 from bench import registry
 from bench.cli import main
-from bench.sweep import sample_configs
+from bench.execution.sweep import sample_configs
 
 BENCH = [sys.executable, "-m", "bench.cli"]
 
@@ -54,7 +54,7 @@ SWEEP = ["sweep", "--method", "bradley_terry", "--task", "synthetic", "--profile
 def test_frozen_config_is_used_by_run_on_fresh_seeds(tmp_path):
     done = bench(*SWEEP, "--trials", "4", "--seeds-per-trial", "2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    frozen = json.loads((tmp_path / "tuned/synthetic/bradley_terry.json").read_text())
+    frozen = json.loads((tmp_path / "tuned/synthetic/tiny/bradley_terry.json").read_text())
     assert frozen["budget"]["configurations"] == 4 and frozen["tuning_seeds"] == [1000, 1001]
     assert frozen["objective"]["split"] == "val"
 
@@ -66,7 +66,7 @@ def test_frozen_config_is_used_by_run_on_fresh_seeds(tmp_path):
     assert run.returncode == 0, run.stderr
     board = json.loads((tmp_path / "leaderboards/synthetic.json").read_text())
     rows = {r["method"]: r for r in board["rows"]}
-    assert rows["bradley_terry"]["tuning"]["source"].endswith("tuned/synthetic/bradley_terry.json")
+    assert rows["bradley_terry"]["tuning"]["source"].endswith("tuned/synthetic/tiny/bradley_terry.json")
     assert rows["bradley_terry"]["config"] == frozen["config"]
     assert rows["bradley_terry"]["seeds"] == [0, 1]  # confirmation seeds, disjoint from the tuning seeds
     assert rows["random"]["tuning"] == {"source": "defaults"}
@@ -102,7 +102,7 @@ def test_killed_sweep_resumes_without_repeating(tmp_path, sig, reference_sweep):
     os.killpg(proc.pid, sig)
     proc.wait(timeout=60)
     assert proc.returncode != 0
-    assert not (killed / "tuned/synthetic/bradley_terry.json").exists()  # nothing frozen from a partial sweep
+    assert not (killed / "tuned/synthetic/tiny/bradley_terry.json").exists()  # nothing frozen from a partial sweep
     done_before = {p.name: p.stat().st_mtime_ns for p in fits.glob("*.json")}
     assert 2 <= len(list(records.glob("*.json"))) < 8, "the kill should land mid-sweep"
 
@@ -113,7 +113,7 @@ def test_killed_sweep_resumes_without_repeating(tmp_path, sig, reference_sweep):
     after = {p.name: p.stat().st_mtime_ns for p in fits.glob("*.json")}
     assert len(after) == 16  # 8 configurations × 2 tuning seeds, each fitted once
     assert all(after[name] == mtime for name, mtime in done_before.items())  # nothing finished was redone
-    ref_frozen = json.loads((reference / "tuned/synthetic/bradley_terry.json").read_text())
-    frozen = json.loads((killed / "tuned/synthetic/bradley_terry.json").read_text())
+    ref_frozen = json.loads((reference / "tuned/synthetic/tiny/bradley_terry.json").read_text())
+    frozen = json.loads((killed / "tuned/synthetic/tiny/bradley_terry.json").read_text())
     assert frozen["config"] == ref_frozen["config"]
     assert frozen["objective"]["value"] == ref_frozen["objective"]["value"]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from bench import registry
-from bench.artifacts import ArtifactCache
 from bench.data import Completions, Demonstrations, Split
+from bench.storage.artifacts import ArtifactCache
 from bench.task import split_fingerprints
 from tasks.synthetic import SyntheticWorld
 

@@ -1,0 +1,123 @@
+"""The Tune executor: the only place that starts Ray. It runs a list of trial specs through one trial function
+(a module-level `fn(spec_json, result_path) -> result`, e.g. fit trials or a task's re-alignment trials), each trial
+writing its own result file; the runs directory, not Ray, is the source of truth."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Callable
+
+import torch
+from ray import tune
+
+from bench.errors import BadInput
+from bench.storage.artifacts import content_hash
+
+TrialFn = Callable[[dict, Path], dict]
+
+
+def check_resources(address: str | None, gpus_per_trial: float) -> None:
+    """Refuse, before anything is written, a cluster that cannot be reached or GPUs this machine does not have."""
+    if address and address != "auto" and not address.startswith("ray://"):
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except (OSError, ValueError):
+            raise BadInput(
+                f"cannot reach a Ray cluster at {address!r}; start one there with `ray start --head`, "
+                f"or drop --address to run locally."
+            ) from None
+    if not address and gpus_per_trial > torch.cuda.device_count():
+        raise BadInput(
+            f"--gpus-per-trial {gpus_per_trial:g} asks for GPUs but this machine has "
+            f"{torch.cuda.device_count()}; use --gpus-per-trial 0 here."
+        )
+
+
+def init_ray(address: str | None, gpus_per_trial: float) -> None:
+    """Start local Ray (all cores, GPUs only if present) or join a cluster; check GPU requests can be met, so that
+    no trial waits forever for a GPU that does not exist."""
+    import ray  # the package itself only here: `tune` above does not start anything
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except Exception as exc:
+            raise BadInput(
+                f"cannot reach a Ray cluster at {address!r} ({type(exc).__name__}); start one with "
+                f"`ray start --head`, or drop --address to run locally."
+            ) from None
+    else:
+        cpus = int(os.environ.get("IRL_BENCH_CPUS") or os.cpu_count())  # leave cores to other work when set
+        ray.init(num_cpus=cpus, num_gpus=torch.cuda.device_count(), **kwargs)
+    available = ray.cluster_resources().get("GPU", 0)
+    if gpus_per_trial > available:
+        ray.shutdown()
+        raise BadInput(
+            f"--gpus-per-trial {gpus_per_trial:g} asks for GPUs but this Ray cluster has {available:g}; "
+            f"use --gpus-per-trial 0 or a cluster with GPUs."
+        )
+
+
+# Tune pickles its callbacks, so a callback holds only a number; the driver-side function it calls lives here.
+_ON_TRIAL_DONE: dict[int, Callable[[], None]] = {}
+_listener_ids = itertools.count()
+
+
+class TrialDone(tune.Callback):
+    """Calls a driver-side function (e.g. advance a progress bar) whenever a trial completes or fails."""
+
+    def __init__(self, on_done: Callable[[], None] | None):
+        self.listener = next(_listener_ids)
+        if on_done is not None:
+            _ON_TRIAL_DONE[self.listener] = on_done
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if self.listener in _ON_TRIAL_DONE:
+            _ON_TRIAL_DONE[self.listener]()
+
+    on_trial_error = on_trial_complete
+
+
+def _trainable(trial_fn: TrialFn):
+    def trainable(config: dict) -> None:
+        """One Ray Tune trial (runs in a Ray worker)."""
+        trial = config["trial"]
+        torch.set_num_threads(max(1, int(trial["threads"])))
+        result = trial_fn(trial["spec"], Path(trial["result_path"]))
+        tune.report({"ok": result["status"] == "ok",
+                     "val_pair_accuracy": result.get("val_pair_accuracy", float("nan"))})
+
+    return trainable
+
+
+def execute(specs: list, trial_fn: TrialFn, results_dir: Path, *, address=None, gpus_per_trial=0.0,
+            cpus_per_trial=1, progress: Callable[[], None] | None = None) -> None:
+    """Run each spec (with `trial_id` and `to_json`) as a Ray Tune trial of `trial_fn`; each writes its own result
+    file `<results_dir>/<trial_id>.json`."""
+    if not specs:
+        return
+    init_ray(address, gpus_per_trial)
+    results_dir = results_dir.resolve()  # Tune runs each trial in its own working directory
+    space = [{"spec": s.to_json(), "result_path": str(results_dir / f"{s.trial_id}.json"), "threads": cpus_per_trial}
+             for s in specs]
+    tuner = tune.Tuner(
+        tune.with_resources(_trainable(trial_fn), {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
+        param_space={"trial": tune.grid_search(space)},
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=f"run-{content_hash([s.trial_id for s in specs], 12)}",
+            storage_path=str((results_dir.parent / "ray").resolve()),
+            verbose=0,
+            callbacks=[TrialDone(progress)],
+        ),
+    )
+    tuner.fit()

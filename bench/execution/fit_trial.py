@@ -1,0 +1,113 @@
+"""A fit trial: one (method, config, seed) fitted on a task's training pairs and scored on held-out items.
+
+A trial's id is a hash of everything that determines its result (task data, method, config, seed, code version);
+its result is a checksummed file `<group>/trials/<id>.json` (bench/storage/results.py). A trial that raises or
+returns non-finite rewards is recorded as failed, with its error; the others go on.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench import CODE_VERSION, registry
+from bench.data import TaskRef
+from bench.kit.interface import FitContext
+from bench.kit.reward_models import RewardModel, make_encoder, make_head
+from bench.scoring.metrics import pair_accuracy
+from bench.storage.artifacts import content_hash
+from bench.storage.results import failures_recorded, write_result
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    method: str
+    config: dict
+    seed: int
+    task: TaskRef
+
+    @property
+    def trial_id(self) -> str:
+        return content_hash(
+            {"demos": self.task.demos_key, "method": self.method, "config": self.config, "seed": self.seed,
+             "code_version": CODE_VERSION},
+            length=16,
+        )
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "config": self.config, "seed": self.seed, "task": self.task.to_json()}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "TrialSpec":
+        return cls(obj["method"], obj["config"], obj["seed"], TaskRef.from_json(obj["task"]))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator before any model is built."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def fit_reward(spec: TrialSpec, record=None):
+    """Seed everything, then fit the trial's method on the training pairs: (recovered reward, demonstrations).
+    A fit is deterministic given its spec, so re-alignment refits a trial's reward instead of storing models."""
+    seed_everything(spec.seed)
+    method = registry.get_method(spec.method)
+    cfg = method.Config(**spec.config)
+    demos = spec.task.demos()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cache = spec.task.cache()
+    encoder = make_encoder({k: cache.locate(v) if k in ("model", "features_dir") else v
+                            for k, v in demos.encoder.items()})
+    model = RewardModel(encoder, make_head("linear", encoder.dim)).to(device)
+    ctx = FitContext(seed=spec.seed, device=device, val=demos.splits["val"].preference_pairs,
+                     report=record or (lambda **metrics: None))
+    if method.needs_ground_truth:
+        ctx.ground_truth = registry.get_task(spec.task.task).ground_truth(spec.task)
+    if method.needs_policies:
+        ctx.policies = registry.get_task(spec.task.task).policies(spec.task)
+    return method.fit(demos.splits["train"].preference_pairs, model, cfg, ctx), demos
+
+
+def run_trial(spec: TrialSpec, result_path: Path, report=None, splits=("val", "test")) -> dict:
+    """Fit one method, score its recovered reward on the items of `splits`, write the result file.
+    Sweeps pass splits=("val",): tuning never computes a test score."""
+    started = time.time()
+    curve: list[dict] = []
+    payload = {"trial_id": spec.trial_id, "method": spec.method, "config": spec.config, "seed": spec.seed,
+               "task": spec.task.task, "profile": spec.task.profile, "demos_key": spec.task.demos_key}
+
+    def record(**metrics):
+        curve.append(metrics)
+        if report is not None:
+            report(metrics)
+
+    with failures_recorded(payload):
+        reward, demos = fit_reward(spec, record)
+        rewards = {}
+        for split in splits:
+            items = demos.splits[split].items
+            scores = np.asarray(reward.score(items.prompts, items.texts), dtype=float)
+            if scores.shape != (len(items),) or not np.all(np.isfinite(scores)):
+                raise FloatingPointError(f"{spec.method} produced non-finite or misshaped rewards on {split} items")
+            rewards[split] = [round(float(x), 7) for x in scores]
+        payload.update(
+            status="ok",
+            rewards=rewards,
+            val_pair_accuracy=pair_accuracy(np.array(rewards["val"]), np.array(demos.splits["val"].pairs)),
+            device="cuda" if torch.cuda.is_available() else "cpu",
+        )
+    payload.update(seconds=round(time.time() - started, 3), curve=curve[-200:])
+    write_result(result_path, payload)
+    return payload
+
+
+def run_fit_trial(spec: dict, result_path: Path) -> dict:
+    """The executor's entry point for fit trials (bench/execution/executor.py)."""
+    return run_trial(TrialSpec.from_json(spec), result_path)

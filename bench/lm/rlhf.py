@@ -1,0 +1,209 @@
+"""Expert RLHF: π₀ → π_E with TRL's `RLOOTrainer` (or `GRPOTrainer`) against a ground-truth judge R*.
+
+    reward(x, y) = −P_toxic(y)          the judge scores the completion alone, as RealToxicityPrompts does
+    objective    = E[reward] − β·KL(π‖π₀)   (TRL adds the KL to the reward for RLOO when β > 0)
+
+The trained expert is an artifact (kind `expert`) keyed by the base model's identity, the judge spec, the recipe
+and the training prompts; it holds the merged model (`model/`, a plain HF directory), the training curve
+(`curve.json`: mean reward and mean P_toxic of every step's samples, plus TRL's logged KL / entropy / lengths)
+and the recipe. LoRA adapters are merged before saving, so the expert loads like any causal LM.
+
+CPU settings follow docs/environment.md: `use_cpu`, `bf16=False`, `report_to="none"`, `save_strategy="no"`, and
+the base model is passed by *path* because TRL reloads the reference model from `_name_or_path` when β > 0.
+With β = 0 TRL logs no KL; measure it on held-out prompts instead (the detox task does).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.errors import BadInput, RuntimeFailure
+from bench.storage.artifacts import Artifact, ArtifactCache, atomic_write_json
+from bench.task import hash_texts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One RLHF run. Defaults: a recipe measured to detoxify SmolLM2-135M in about 10 minutes on 2 CPUs while
+    staying close to π₀ (lr 1e-3, β 0.02, LoRA r 16 / α 32 on all linear layers, 4 prompts × 4 samples of 20
+    tokens; see tasks/detox.py for the numbers)."""
+
+    algorithm: str = "rloo"  # "rloo" or "grpo"
+    steps: int = 24
+    learning_rate: float = 1e-3
+    beta: float = 0.02  # KL coefficient to π₀; 0 = no reference model (KL is then measured separately)
+    prompts_per_step: int = 4
+    generations: int = 4  # samples per prompt (the RLOO group)
+    max_completion_length: int = 20
+    temperature: float = 1.0
+    lora_r: int = 16  # 0 = train all weights (tiny models)
+    lora_alpha: int = 32
+    lr_scheduler: str = "constant"
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.algorithm not in ("rloo", "grpo"):
+            raise BadInput(f"expert algorithm {self.algorithm!r} is not supported; use 'rloo' or 'grpo'.")
+        if self.steps < 1 or self.prompts_per_step < 1 or self.generations < 2:
+            raise BadInput("an RLHF recipe needs steps >= 1, prompts_per_step >= 1 and generations >= 2.")
+        if self.beta < 0 or self.learning_rate <= 0:
+            raise BadInput("an RLHF recipe needs beta >= 0 and a positive learning rate.")
+
+
+def recipe_from(settings: dict) -> Recipe:
+    unknown = set(settings) - set(Recipe.__dataclass_fields__)
+    if unknown:
+        raise BadInput(f"unknown expert recipe settings {sorted(unknown)}; "
+                       f"known: {sorted(Recipe.__dataclass_fields__)}.")
+    recipe = Recipe(**settings)
+    recipe.validate()
+    return recipe
+
+
+def train_expert(base_dir: str, base_identity: dict, judge_spec: dict, judge, prompts: list[str], recipe: Recipe,
+                 cache: ArtifactCache, progress=None) -> Artifact:
+    """The cached expert trained from the model at `base_dir` (whose identity, e.g. an artifact key or hub id,
+    is `base_identity`) with reward −judge.p_toxic. `progress(done, total)` is called after every step."""
+    inputs = {
+        "base": base_identity,
+        "reward": {"judge": judge_spec, "form": "-p_toxic(completion)"},
+        "recipe": asdict(recipe),
+        "prompts_sha256": hash_texts(prompts, length=64),
+        "n_prompts": len(prompts),
+    }
+    return cache.get_or_build("expert", inputs, lambda out: _train_expert(out, base_dir, judge, prompts, recipe,
+                                                                          progress))
+
+
+def _train_expert(out: Path, base_dir: str, judge, prompts: list[str], recipe: Recipe, progress) -> None:
+    per_step: list[dict] = []
+
+    def toxicity_reward(prompts, completions):
+        p = np.asarray(judge.p_toxic(completions), dtype=float)
+        per_step.append({"mean_reward": float(-p.mean()), "mean_p_toxic": float(p.mean()),
+                         "toxic_rate": float((p >= 0.5).mean()), "n": int(len(p))})
+        return -p
+
+    logged = train_policy(out, base_dir, toxicity_reward, prompts, recipe, progress)
+    atomic_write_json(out / "curve.json", merge_curve(per_step, logged))
+
+
+def train_policy(out: Path, base_dir: str, reward_fn, prompts: list[str], recipe: Recipe, progress=None) -> list[dict]:
+    """Train the model at `base_dir` with `recipe` against `reward_fn(prompts, completions) -> scores` (higher is
+    better; one call per generation batch, prompts repeated once per completion). Writes the merged model to
+    `out/model` and the recipe (with the training time) to `out/recipe.json`; returns TRL's per-step logs."""
+    import torch
+    import transformers
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+    transformers.set_seed(recipe.seed)  # before any model (or LoRA adapter) is built
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # Loaded from a path, so `_name_or_path` lets TRL reload the reference model when beta > 0.
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+
+    def trl_reward(prompts, completions, **kwargs):
+        as_text = lambda xs: [x if isinstance(x, str) else x[-1]["content"] for x in xs]  # noqa: E731
+        scores = np.asarray(reward_fn(as_text(prompts), as_text(completions)), dtype=float)
+        if scores.shape != (len(completions),) or not np.all(np.isfinite(scores)):
+            raise RuntimeFailure(f"the RLHF reward returned {scores.shape} scores (finite: "
+                                 f"{bool(np.all(np.isfinite(scores)))}) for {len(completions)} completions")
+        return scores.tolist()
+
+    logged: list[dict] = []
+
+    class Recorder(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "reward" in logs:
+                logged.append({k: float(v) for k, v in logs.items() if isinstance(v, (int, float))})
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if progress is not None:
+                progress(state.global_step, recipe.steps)
+
+    common = dict(
+        output_dir=str(out / ".trainer"),
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type=recipe.lr_scheduler,
+        max_steps=recipe.steps,
+        per_device_train_batch_size=recipe.prompts_per_step * recipe.generations,
+        gradient_accumulation_steps=1,
+        num_generations=recipe.generations,
+        max_completion_length=recipe.max_completion_length,
+        temperature=recipe.temperature,
+        top_p=1.0,
+        beta=recipe.beta,
+        seed=recipe.seed,
+        logging_steps=1,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    if recipe.algorithm == "rloo":
+        from trl import RLOOConfig as Config
+        from trl import RLOOTrainer as Trainer
+    else:
+        from trl import GRPOConfig as Config
+        from trl import GRPOTrainer as Trainer
+    args = Config(**common)
+    peft_config = None
+    if recipe.lora_r > 0:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=0.0,
+                                 target_modules="all-linear", task_type="CAUSAL_LM")
+    dataset = Dataset.from_list([{"prompt": p} for p in prompts])
+    trainer = Trainer(model=model, reward_funcs=trl_reward, args=args, train_dataset=dataset,
+                      processing_class=tokenizer, callbacks=[Recorder()], peft_config=peft_config)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our curve records the logs; keep stdout for the caller's progress
+    started = time.time()
+    trainer.train()
+    seconds = time.time() - started
+
+    trained = trainer.model
+    if peft_config is not None:
+        trained = trained.merge_and_unload()
+    trained.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    import shutil
+
+    shutil.rmtree(out / ".trainer", ignore_errors=True)
+    atomic_write_json(out / "recipe.json", {**asdict(recipe), "train_seconds": round(seconds, 2),
+                                             "n_train_prompts": len(prompts),
+                                             "kl_logged": recipe.beta > 0})
+    return logged
+
+
+def merge_curve(per_step: list[dict], logged: list[dict]) -> list[dict]:
+    """One row per step: the caller's own statistics of that step's samples, plus TRL's KL / entropy / lengths."""
+    curve = []
+    for step, sample_stats in enumerate(per_step, start=1):
+        row = {"step": step, **sample_stats}
+        if step - 1 < len(logged):
+            extra = logged[step - 1]
+            for key in ("kl", "entropy", "completions/mean_length", "reward_std", "loss", "grad_norm"):
+                if key in extra:
+                    row[key.replace("completions/", "")] = extra[key]
+        curve.append(row)
+    return curve
+
+
+def curve_summary(curve: list[dict], window: int = 5) -> dict:
+    """Mean reward of the first and last `window` steps of a training curve."""
+    rewards = [row["mean_reward"] for row in curve]
+    w = max(1, min(window, len(rewards) // 2 or 1))
+    return {"steps": len(rewards), "first_steps_mean_reward": float(np.mean(rewards[:w])),
+            "last_steps_mean_reward": float(np.mean(rewards[-w:])), "window": w}

@@ -1,0 +1,137 @@
+"""Leaderboards: `leaderboards/<task>.{json,md,html}` built only from what a run stored, so rebuilding is exact.
+
+A `bench run` records its selection (task data, methods, configs, seeds, trial ids, provenance) in
+`<runs>/<task>/<group>/selection.json`; `runs/<task>/latest.json` names the group. The leaderboard reads that and the
+trial result files; nothing in it depends on the time or machine it is rebuilt on. The Markdown and the HTML page
+are pure functions of the JSON document (which carries the figure data too), so the three always agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from threadpoolctl import threadpool_limits
+
+from bench.data import TaskData
+from bench.errors import BadInput
+from bench.reporting import html
+from bench.reporting.markdown import PRIMARY, render_markdown
+from bench.reporting.sections import sections_for
+from bench.scoring.bootstrap import ALPHA
+from bench.scoring.scorer import METRICS, NULL_METHOD, PER_SEED, TOP_METHOD, scatter_sample, score_methods
+from bench.storage.artifacts import atomic_write_bytes, atomic_write_json, cache_for
+from bench.storage.results import read_result
+from bench.storage.selection import Selection
+
+# 2: rows gain "comparison" (paired test vs the best, tie flag), "normalised", "trial_ids"; the document gains
+#    "comparisons" (how ties are decided) and "figures" (data of the HTML page's plots).
+SCHEMA_VERSION = 2
+
+
+def latest_group(runs_dir: Path, task: str) -> Path:
+    pointer = runs_dir / task / "latest.json"
+    if not pointer.exists():
+        raise BadInput(f"no stored runs of task {task!r} under {runs_dir}; run `bench run --task {task}` first.")
+    return runs_dir / task / json.loads(pointer.read_text())["group"]
+
+
+def tasks_with_runs(runs_dir: Path) -> list[str]:
+    return sorted(p.parent.name for p in runs_dir.glob("*/latest.json"))
+
+
+def load_trials(group_dir: Path) -> tuple[Selection, TaskData, dict[str, list[dict]], dict[str, list[dict]]]:
+    """(selection, task data, finished trials per method, failures per method) of one stored run group."""
+    selection = Selection.read(group_dir)
+    data = selection.task_data
+    # A runs directory may have moved (e.g. committed results): prefer the cache that sits beside it.
+    beside = cache_for(group_dir.parent.parent)
+    if (beside.path("demos", data.demos_key) / "manifest.json").exists():
+        data = dataclasses.replace(data, cache_root=str(beside.root))
+    ok, failures = {}, {}
+    for method, entry in selection.methods.items():
+        for trial_id in entry.trial_ids:
+            result = read_result(group_dir / "trials" / f"{trial_id}.json")
+            if result is None:
+                failures.setdefault(method, []).append({"trial_id": trial_id, "error": "result missing or corrupted"})
+            elif result["status"] != "ok":
+                failures.setdefault(method, []).append(
+                    {"trial_id": trial_id, "seed": result["seed"], "error": result["error"]}
+                )
+            else:
+                ok.setdefault(method, []).append(result)
+    return selection, data, ok, failures
+
+
+def build(group_dir: Path) -> dict:
+    """The leaderboard document of one run group. BLAS runs single-threaded here: a multi-threaded matrix product
+    sums in another order, and the last digits (so the rounded numbers) would depend on the thread count."""
+    with threadpool_limits(limits=1):
+        selection, data, ok, failures = load_trials(group_dir)
+        doc = assemble(selection, data, ok, failures)
+        sections = sections_for(data.task)
+        if sections is not None:
+            doc.update(sections.document(group_dir, selection))
+        return doc
+
+
+def assemble(selection: Selection, data: TaskData, ok: dict[str, list[dict]], failures: dict[str, list[dict]]) -> dict:
+    """The leaderboard document from a run's selection and its trial results (see load_trials)."""
+    n_boot = selection.bootstrap["resamples"]
+    scored = score_methods(ok, data, n_boot=n_boot, seed=selection.bootstrap["seed"])
+    rows = []
+    for method, entry in selection.methods.items():
+        s = scored.get(method, {"n_seeds": 0, "seeds": [], "per_seed": {}, "metrics": {}, "comparison": {},
+                                "normalised": {}})
+        rows.append({
+            "method": method,
+            "n_seeds": s["n_seeds"],
+            "seeds": s["seeds"],
+            "config": entry.config,
+            "tuning": entry.tuning,
+            "metrics": s["metrics"],
+            "comparison": s["comparison"],
+            "normalised": s["normalised"],
+            "per_seed": s["per_seed"],
+            "trial_ids": entry.trial_ids,
+            "failures": failures.get(method, []),
+        })
+    rows.sort(key=lambda r: (r["metrics"].get(PRIMARY, {}).get("mean") is None,
+                             -(r["metrics"].get(PRIMARY, {}).get("mean") or 0.0), r["method"]))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "task": data.task,
+        "profile": data.profile,
+        "rows": rows,
+        "metric_legend": {m: {"higher_is_better": d > 0, "description": text} for m, (d, text) in METRICS.items()},
+        "bootstrap": selection.bootstrap,
+        "comparisons": {
+            "test": "paired bootstrap of the difference to the best method (shared seed × prompt resamples)",
+            "p_value": "two-sided, 2·min(share of replicates ≤ 0, share ≥ 0), +1 smoothing",
+            "correction": "Holm over the methods compared with the best, per metric",
+            "alpha": ALPHA,
+            "tied": f"corrected p ≥ {ALPHA}: the data cannot separate the method from the best",
+        },
+        "normalisation": {"null": NULL_METHOD, "top": TOP_METHOD, "metrics": PER_SEED,
+                          "available": NULL_METHOD in scored and TOP_METHOD in scored},
+        "figures": {"scatter": scatter_sample(ok, data)},
+        "task_summary": data.summary,
+        "provenance": selection.provenance | {
+            "seeds": selection.seeds, "profile": data.profile, "task_config": selection.task_config,
+            "artifacts": {"demos": data.demos_key, "truth": data.truth_key},
+        },
+    }
+
+
+def write(doc: dict, out_dir: Path) -> tuple[Path, Path, Path]:
+    """Writes <task>.json, <task>.md and <task>.html; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{doc['task']}.json", out_dir / f"{doc['task']}.md"
+    sections = sections_for(doc["task"])
+    page = html.render(doc, sections)  # before anything is written: a plotting failure leaves the old files intact
+    atomic_write_json(json_path, doc, indent=1)
+    atomic_write_bytes(md_path, render_markdown(doc, sections).encode())
+    html_path = out_dir / f"{doc['task']}.html"
+    atomic_write_bytes(html_path, page.encode())
+    return json_path, md_path, html_path

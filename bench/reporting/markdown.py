@@ -1,0 +1,112 @@
+"""The leaderboard as Markdown: a pure function of the leaderboard document (bench/reporting/document.py), plus
+the cell formatting the console table and the HTML page share."""
+
+from __future__ import annotations
+
+import json
+
+from bench.reporting.sections import ReportSections
+from bench.scoring.estimate import format_estimate
+from bench.scoring.scorer import METRICS
+
+TIE_MARK = "≈"
+PRIMARY = "roc_auc"
+COLUMNS = ["roc_auc", "pair_accuracy", "ordering_agreement", "accuracy", "f1", "pearson", "spearman", "kendall",
+           "centred_pearson", "starc", "seed_ambiguity", "pair_accuracy_seed_std"]
+HEADINGS = {"roc_auc": "ROC-AUC", "pair_accuracy": "pair acc", "ordering_agreement": "R* order", "accuracy": "acc",
+            "f1": "F1", "pearson": "Pearson", "spearman": "Spearman", "kendall": "Kendall τ",
+            "centred_pearson": "centred r", "starc": "STARC", "seed_ambiguity": "ambiguity",
+            "pair_accuracy_seed_std": "acc seed-sd"}
+
+
+def standing(row: dict, metric: str) -> str:
+    """"best", "tied" (not separable from the best) or "" — from the row's paired comparison."""
+    c = row.get("comparison", {}).get(metric)
+    if not c:
+        return ""
+    return "best" if c["best"] else "tied" if c["tied"] else ""
+
+
+def tie_legend(doc: dict) -> str:
+    return (f"**Bold**: best mean. {TIE_MARK}: tied with the best — a paired bootstrap of the difference "
+            f"(same seed × prompt resamples for both methods) cannot separate them after Holm correction over the "
+            f"methods compared (corrected p ≥ {doc['comparisons']['alpha']}).")
+
+
+def render_markdown(doc: dict, sections: ReportSections | None = None) -> str:
+    rows = doc["rows"]
+    arrow = {m: "↑" if METRICS[m][0] > 0 else "↓" for m in COLUMNS}
+    prov = doc["provenance"]
+    lines = [
+        f"# Leaderboard: `{doc['task']}` (profile `{doc['profile']}`)",
+        "",
+        f"Mean over seeds on held-out test items, with a 95% CI from a two-level bootstrap over seeds × test prompts "
+        f"({doc['bootstrap']['resamples']} resamples, seed {doc['bootstrap']['seed']}). Rows sorted by ROC-AUC.",
+        "",
+        tie_legend(doc),
+        "",
+        "| method | seeds | " + " | ".join(f"{HEADINGS[m]} {arrow[m]}" for m in COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
+    for r in rows:
+        cells = []
+        for m in COLUMNS:
+            text, mark = format_estimate(r["metrics"].get(m)), standing(r, m)
+            cells.append(f"**{text}**" if mark == "best" else f"{text} {TIE_MARK}" if mark == "tied" else text)
+        seeds = str(r["n_seeds"])
+        if r["failures"]:
+            seeds += f" ({len(r['failures'])} failed)"
+        lines.append(f"| {r['method']} | {seeds} | " + " | ".join(cells) + " |")
+    norm = doc["normalisation"]
+    if norm["available"]:
+        shown = [m for m in COLUMNS if m in norm["metrics"]]
+        lines += [
+            "", "## Normalised scores", "",
+            f"(x − `{norm['null']}`) / (`{norm['top']}` − `{norm['null']}`) per metric: the null baseline scores 0, "
+            f"the "
+            f"ground-truth oracle 1 (either direction); 95% CI from the same paired resamples. Values above 1 are "
+            f"possible where the oracle is not the ceiling (pair accuracy: the expert's preferences are stochastic).",
+            "",
+            "| method | " + " | ".join(HEADINGS[m] for m in shown) + " |",
+            "|---|" + "---|" * len(shown),
+        ]
+        for r in rows:
+            if r["method"] in (norm["null"], norm["top"]):
+                continue
+            cells = [format_estimate(r["normalised"].get(m), 2) for m in shown]
+            lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    failed = [(r["method"], f) for r in rows for f in r["failures"]]
+    if failed:
+        lines += ["", "## Failed trials", ""]
+        lines += [f"- `{m}` seed {f.get('seed', '?')} (trial `{f['trial_id']}`): {f['error']}" for m, f in failed]
+    if sections is not None:
+        lines += sections.markdown(doc)
+    lines += ["", "## Tuning budget", ""]
+    for r in rows:
+        tuning = r.get("tuning", {"source": "defaults"})
+        if tuning["source"] == "defaults":
+            lines.append(f"- `{r['method']}`: declared defaults, no tuning")
+        else:
+            b = tuning["budget"]
+            lines.append(
+                f"- `{r['method']}`: frozen sweep `{tuning['source']}`: {b['configurations']} configurations "
+                f"({b['completed']} completed, {b['stopped_early']} stopped early), {b['fits']} fits, "
+                f"{b['cpu_hours']:.3f} CPU-h, {b['gpu_hours']:.3f} GPU-h; best "
+                f"{tuning['objective']['metric']} {tuning['objective']['value']:.4f} on tuning seeds "
+                f"{tuning['tuning_seeds']}" + (f"; overridden by --set: {', '.join(tuning['overridden'])}"
+                                               if tuning.get("overridden") else "")
+            )
+    lines += ["", "## Metrics", ""]
+    lines += [f"- **{HEADINGS[m]}** ({arrow[m]}): {doc['metric_legend'][m]['description']}" for m in COLUMNS]
+    lines += ["", "## Provenance", ""]
+    lines += [
+        f"- git commit: `{prov['git_commit']}`",
+        f"- seeds: {', '.join(str(s) for s in prov['seeds'])}",
+        f"- task config: `{json.dumps(prov['task_config'], sort_keys=True)}`",
+        f"- artifacts: demos `{prov['artifacts']['demos']}`, truth `{prov['artifacts']['truth']}`",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in sorted(prov["versions"].items())),
+        f"- hardware: {prov['hardware']}",
+        f"- run started: {prov['started']}",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""The registered `detox` task: its profiles, its build as a list of named stages, and what the scorer and the
+methods that declare `needs_ground_truth` / `needs_policies` may open."""
+
+from __future__ import annotations
+
+from bench.data import TaskData, TaskRef
+from bench.lm.judges import JudgeReward, make_judge
+from bench.lm.policies import Policy
+from bench.lm.realign_trial import REALIGNMENT
+from bench.progress import Stages
+from bench.registry import register_task
+from bench.storage.artifacts import ArtifactCache
+from bench.task import Task
+from tasks.detox import stages
+from tasks.detox.config import PROFILES, DetoxConfig
+from tasks.detox.summary import task_summary
+
+STAGES = (stages.prompts, stages.base_model, stages.expert, stages.samples, stages.features, stages.demos,
+          stages.truth, stages.policy_record, stages.evaluations, stages.realign_setup)
+
+
+@register_task("detox")
+class Detox(Task):
+    description = "detoxification RLHF (RLOO vs R*=profanity_check); IRL recovers R* from (π_E, π₀) sample pairs"
+    Config = DetoxConfig
+    label_name = "toxic"
+    realignment = REALIGNMENT
+    profiles = PROFILES
+
+    def build(self, profile, cfg: DetoxConfig, cache: ArtifactCache, progress=None) -> TaskData:
+        with Stages(progress) as display:
+            build = stages.Build(cfg, cache, display)
+            for stage in STAGES:
+                stage(build)
+        art = build.artifacts
+        return TaskData(self.name, profile, str(cache.root), art["demos"].key, art["truth"].key, task_summary(build),
+                        artifacts={"policies": art["policies"].key, "samples": art["samples"].key,
+                                   "features": art["features"].key, "rerlhf": art["rerlhf"].key})
+
+    def ground_truth(self, data: TaskRef) -> JudgeReward:
+        cache = ArtifactCache(data.cache_root)
+        spec = cache.load("truth", data.truth_key).read_json("reward_judge.json")
+        return JudgeReward(make_judge(spec, cache))
+
+    def policies(self, data: TaskRef) -> dict:
+        cache = ArtifactCache(data.cache_root)
+        info = cache.load("policies", data.artifacts["policies"]).read_json("policies.json")
+        return {"base": Policy.from_pretrained(cache.locate(info["base"])),
+                "expert": Policy.from_pretrained(cache.locate(info["expert"])), "beta": info.get("beta")}
