@@ -101,7 +101,7 @@ def build(config_cls, overrides: dict[str, Any] | None = None, *, owner: str = "
 
 def search_space(config_cls) -> dict[str, Any]:
     """The Ray Tune search space declared by a config's fields (only fields with tune=True and a domain)."""
-    from ray import tune
+    from ray import tune  # only sweeps need the search space; keeps configs free of Ray
 
     space = {}
     for f in fields(config_cls):

@@ -35,7 +35,7 @@ def versions() -> dict[str, str]:
 
 
 def hardware() -> str:
-    import torch
+    import torch  # keeps the vocabulary layer free of torch until provenance is collected
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{platform.machine()}, {os.cpu_count()} CPUs, {gpu}, {platform.system()} {platform.release()}"

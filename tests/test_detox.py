@@ -157,7 +157,7 @@ def test_frozen_lm_encoder_looks_up_cached_features_and_computes_new_ones(smoke)
     prompts, texts = items.prompts[:6], items.texts[:6]
     cached = encoder.encode(prompts, texts).numpy()
     assert cached.shape == (6, encoder.dim) and encoder.dim == 64
-    model, tok = encoder.backbone()
+    model, tok = encoder.backbone
     fresh = (lm_features(model, tok, prompts, texts, max_length=cfg.feature_max_length) - encoder.mean) / encoder.std
     np.testing.assert_allclose(cached, fresh, atol=1e-4)
     assert all(text_key(p, y) in encoder.rows for p, y in zip(prompts, texts))

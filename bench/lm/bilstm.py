@@ -45,7 +45,7 @@ def load_keras_bilstm_weights(net: BiLSTMNet, weights_h5: Path) -> None:
     Keras stores kernels as (in, out) where torch wants (out, in), so they are transposed. Keras and torch order
     the LSTM gates the same way (input, forget, cell, output), but Keras has one bias per gate where torch adds
     `bias_ih + bias_hh`: the Keras bias goes into `bias_ih` and `bias_hh` is zero."""
-    import h5py
+    import h5py  # only to read the Keras weights once
 
     def t(array) -> torch.Tensor:
         return torch.from_numpy(np.asarray(array, dtype=np.float32))

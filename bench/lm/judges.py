@@ -7,7 +7,7 @@ Implementations:
   profanity_check   alt-profanity-check: calibrated linear SVM on TF-IDF unigrams (Jigsaw + Davidson et al.)
   bilstm            the Jigsaw-trained BiLSTM of toxic-comment-classifier, rebuilt in PyTorch (no TensorFlow)
   hf_classifier     any Hugging Face sequence-classification model (hub id or local directory)
-  detoxify          a detoxify checkpoint, loaded through the package's offline route (environment.md §6)
+  detoxify          a detoxify checkpoint, loaded through the package's offline route (a local checkpoint)
 
 A judge that cannot load raises `RuntimeFailure`; it never falls back to constant scores, because a judge that
 silently returns zeros would make every policy look perfectly detoxified.
@@ -64,7 +64,7 @@ class ProfanityCheckJudge:
     def __init__(self):
         try:
             # Importing loads the pickled vectorizer and model (about 3 s), so do it only when the judge is built.
-            from profanity_check import predict_prob
+            from profanity_check import predict_prob  # loads scikit-learn and the model (seconds)
         except Exception as exc:  # ImportError, or a pickle that does not match the installed scikit-learn
             raise RuntimeFailure(
                 f"the alt-profanity-check judge cannot load ({type(exc).__name__}: {exc}); "
@@ -111,7 +111,7 @@ class HFClassifierJudge:
 
     def __init__(self, model: str, label: str | None = None, device: str | None = None, batch_size: int = 32,
                  max_length: int = 512):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer  # only for hub classifiers
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
@@ -179,7 +179,7 @@ class DetoxifyJudge:
     def __init__(self, model_type: str = "original", checkpoint: str | None = None, hf_dir: str | None = None,
                  device: str | None = None, batch_size: int = 32):
         try:
-            from detoxify import Detoxify
+            from detoxify import Detoxify  # optional judge; its package may be absent
             from detoxify.detoxify import get_model_and_tokenizer
         except ImportError as exc:
             raise RuntimeFailure("the detoxify judge needs the detoxify package; "

@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.errors import BadInput, RuntimeFailure
+from bench.lm.assets import fetch_asset
 from bench.storage.artifacts import Artifact, ArtifactCache, file_sha256
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,6 @@ def gguf_to_hf(gguf_file: Path, cache: ArtifactCache, gguf_sha256: str | None = 
     }
 
     def build(out: Path) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         log.info("converting %s to an fp32 safetensors model (once per cache; ~30-60 s for SmolLM2 on CPU)", gguf_file)
         try:
             tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
@@ -89,8 +89,6 @@ def resolve_model_dir(spec: dict | str, cache: ArtifactCache | None) -> str:
         if cache is None:
             raise BadInput("a GGUF policy needs an artifact cache to hold its converted weights.")
         if "asset" in spec:
-            from bench.lm.assets import fetch_asset
-
             art = fetch_asset(spec["asset"], cache)
             ggufs = [name for name in art.manifest["files"] if name.endswith(".gguf")]
             if len(ggufs) != 1:
@@ -134,8 +132,6 @@ class Policy:
 
     @classmethod
     def from_pretrained(cls, source: str, device: str | None = None, chat: bool = False) -> "Policy":
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)

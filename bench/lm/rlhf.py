@@ -8,7 +8,8 @@ and the training prompts; it holds the merged model (`model/`, a plain HF direct
 (`curve.json`: mean reward and mean P_toxic of every step's samples, plus TRL's logged KL / entropy / lengths)
 and the recipe. LoRA adapters are merged before saving, so the expert loads like any causal LM.
 
-CPU settings follow docs/environment.md: `use_cpu`, `bf16=False`, `report_to="none"`, `save_strategy="no"`, and
+CPU settings (verified for TRL 1.16 on these machines): `use_cpu`, `bf16=False`, `report_to="none"`,
+`save_strategy="no"`, and
 the base model is passed by *path* because TRL reloads the reference model from `_name_or_path` when β > 0.
 With β = 0 TRL logs no KL; measure it on held-out prompts instead (the detox task does).
 """
@@ -16,6 +17,7 @@ With β = 0 TRL logs no KL; measure it on held-out prompts instead (the detox ta
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -99,7 +101,7 @@ def train_policy(out: Path, base_dir: str, reward_fn, prompts: list[str], recipe
     """Train the model at `base_dir` with `recipe` against `reward_fn(prompts, completions) -> scores` (higher is
     better; one call per generation batch, prompts repeated once per completion). Writes the merged model to
     `out/model` and the recipe (with the training time) to `out/recipe.json`; returns TRL's per-step logs."""
-    import torch
+    import torch  # TRL, transformers, datasets and peft load only to train
     import transformers
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -178,8 +180,6 @@ def train_policy(out: Path, base_dir: str, reward_fn, prompts: list[str], recipe
         trained = trained.merge_and_unload()
     trained.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
-    import shutil
-
     shutil.rmtree(out / ".trainer", ignore_errors=True)
     atomic_write_json(out / "recipe.json", {**asdict(recipe), "train_seconds": round(seconds, 2),
                                              "n_train_prompts": len(prompts),

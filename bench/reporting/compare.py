@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.table import Table
 from scipy import stats as sps
 
 from bench.errors import BadInput
@@ -176,8 +177,6 @@ def _round(x):
 
 
 def print_comparison(result: dict, console) -> None:
-    from rich.table import Table
-
     a, b = result["a"], result["b"]
     console.print(f"[bold]{result['task']}[/bold]: B − A, B = {b['label']} (profile {b['profile']}), "
                   f"A = {a['label']} (profile {a['profile']})")

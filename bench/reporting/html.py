@@ -171,7 +171,7 @@ def figure_html(png: bytes, caption: str) -> str:
 
 
 def new_figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib loads only when a page is drawn
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
@@ -187,7 +187,7 @@ def png_bytes(fig) -> bytes:
 
 def plotting(draw):
     """Draw under matplotlib's default style, so a user's matplotlibrc cannot change the page's bytes."""
-    import matplotlib
+    import matplotlib  # matplotlib loads only when a page is drawn
     import matplotlib.style
 
     def wrapped(*args):

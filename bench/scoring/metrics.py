@@ -1,4 +1,5 @@
-"""Metric definitions (pure functions of arrays), as in DESIGN.md. All are computed on held-out test items.
+"""Metric definitions (pure functions of arrays), the reference for the README's metric table. All are computed on
+held-out test items.
 
 Conventions, stated once:
   * r̂ and R* are rewards: higher is better. Label 1 means bad (toxic).
