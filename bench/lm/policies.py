@@ -112,6 +112,19 @@ def load_policy(spec: dict | str, cache: ArtifactCache | None = None, device: st
 # ------------------------------------------------------------------------------------------------------ policy
 
 
+def format_prompt(tokenizer, prompt: str, chat: bool) -> str:
+    if not chat:
+        return prompt
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def prompt_ids(tokenizer, prompts: list[str], chat: bool) -> list[list[int]]:
+    """The token ids a policy conditions on, for sampling and scoring alike (and for every engine of
+    bench/lm/engines.py). Chat templates already contain the special tokens, so the tokenizer adds none then."""
+    return tokenizer([format_prompt(tokenizer, p, chat) for p in prompts], add_special_tokens=not chat)["input_ids"]
+
+
 class Policy:
     """A causal LM and its tokenizer on one device, in eval mode.
 
@@ -145,16 +158,10 @@ class Policy:
     # --- text ↔ ids
 
     def format_prompt(self, prompt: str) -> str:
-        if not self.chat:
-            return prompt
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
+        return format_prompt(self.tokenizer, prompt, self.chat)
 
     def _prompt_ids(self, prompts: list[str]) -> list[list[int]]:
-        # Chat templates already contain the special tokens, so don't let the tokenizer add them twice.
-        texts = [self.format_prompt(p) for p in prompts]
-        return self.tokenizer(texts, add_special_tokens=not self.chat)["input_ids"]
+        return prompt_ids(self.tokenizer, prompts, self.chat)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)

@@ -1,0 +1,235 @@
+"""Generation engines: what draws the completions of a policy. An engine only samples; every log-probability that
+enters a metric is still computed by the reference model (bench/lm/policies.py `Policy.logprobs`).
+
+    transformers   the reference: `Policy.generate`, batched left-padded `transformers.generate` in fp32
+    ctranslate2    the same HF directory converted once by CTranslate2 (cached artifact `ct2_model`, keyed by the
+                   directory's content hash and the quantisation) and sampled by `ctranslate2.Generator`
+    auto           the fastest engine installed: ctranslate2 on a CPU-only machine, else transformers
+
+Both sample the same distribution: the prompt ids are the same (`prompt_ids`), sampling is plain temperature
+sampling over the whole vocabulary (top-k off) with optional nucleus top-p, generation stops at the model's EOS ids,
+and the completion is the decoded new tokens (special tokens skipped). tests/test_engines.py checks greedy
+agreement and, under sampling, the reference log-probs of both engines' samples. Random streams differ between
+engines, so the same seed gives different (equally distributed) samples; each engine is deterministic by itself.
+
+`Engine.load(model_dir)` gives a sampler with `Policy.generate`'s signature; `Engine.sample` is load + generate.
+`identity()` is what a cached artifact must record of the engine; callers put it into keys only when the engine
+is not `transformers`, so the keys of everything sampled before engines existed stay valid.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoTokenizer, GenerationConfig
+
+from bench.errors import BadInput, RuntimeFailure
+from bench.lm.policies import Policy, prompt_ids
+from bench.storage.artifacts import ArtifactCache, content_hash, file_sha256
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("transformers", "ctranslate2", "auto")
+DEFAULT = "transformers"
+# generation_config options that transformers.generate applies by default and CTranslate2 would not reproduce.
+_UNMATCHED_DEFAULTS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": None,
+                       "min_length": 0, "bad_words_ids": None, "suppress_tokens": None, "begin_suppress_tokens": None}
+
+
+class Engine:
+    """Samples completions of the model in an HF directory; subclasses define `load`."""
+
+    name = ""
+
+    def identity(self) -> dict:
+        return {"engine": self.name}
+
+    def load(self, model_dir: str, chat: bool = False):
+        raise NotImplementedError
+
+    def sample(self, model_dir: str, prompts: list[str], n: int = 1, max_new_tokens: int = 32,
+               temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 16,
+               progress=None) -> list[str]:
+        """n completions per prompt, prompt-major, as `Policy.generate` returns them."""
+        return self.load(model_dir).generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                                             top_p=top_p, seed=seed, n=n, batch_size=batch_size, progress=progress)
+
+
+class TransformersEngine(Engine):
+    """The reference: the policy's own batched `transformers.generate`."""
+
+    name = "transformers"
+
+    def load(self, model_dir: str, chat: bool = False) -> Policy:
+        return Policy.from_pretrained(model_dir, chat=chat)
+
+
+class CTranslate2Engine(Engine):
+    """CTranslate2 on the CPU. `compute_type` "int8" quantises the weights (fastest), "float32" keeps them."""
+
+    name = "ctranslate2"
+
+    def __init__(self, cache: ArtifactCache, compute_type: str = "int8"):
+        if compute_type not in ("int8", "float32"):
+            raise BadInput(f"ctranslate2 compute type {compute_type!r}; choose 'int8' or 'float32'.")
+        self.cache = cache
+        self.compute_type = compute_type
+
+    def identity(self) -> dict:
+        return {"engine": self.name, "compute_type": self.compute_type, "ctranslate2": _ct2_version()}
+
+    def load(self, model_dir: str, chat: bool = False) -> CT2Sampler:
+        return CT2Sampler(model_dir, convert(model_dir, self.compute_type, self.cache), self.compute_type, chat)
+
+
+def ct2_installed() -> bool:
+    return importlib.util.find_spec("ctranslate2") is not None
+
+
+def resolve(name: str) -> str:
+    """The engine `name` stands for: `auto` becomes the fastest engine installed here."""
+    if name not in ENGINES:
+        raise BadInput(f"unknown generation engine {name!r}; choose from: {', '.join(ENGINES)}.")
+    if name != "auto":
+        return name
+    # CTranslate2's CPU path is 2-3x faster than transformers here (benchmarks/results/generation.md); with a CUDA
+    # GPU, transformers' batched generate on the GPU is the tested path.
+    return "ctranslate2" if ct2_installed() and not torch.cuda.is_available() else "transformers"
+
+
+def make_engine(name: str, cache: ArtifactCache | None = None, compute_type: str = "int8") -> Engine:
+    name = resolve(name)
+    if name == "transformers":
+        return TransformersEngine()
+    if not ct2_installed():
+        raise BadInput("the ctranslate2 generation engine is not installed; `pip install -e '.[fast]'` "
+                       "(ctranslate2==4.8.5), or choose the engine 'transformers' or 'auto'.")
+    if cache is None:
+        raise BadInput("the ctranslate2 engine needs an artifact cache to hold its converted model.")
+    return CTranslate2Engine(cache, compute_type)
+
+
+def key_part(engine: Engine) -> dict:
+    """What an artifact key gets for the engine: nothing for the reference `transformers` (so every key made before
+    engines existed still names the same samples), the engine's identity otherwise."""
+    return {} if engine.name == DEFAULT else {"engine": engine.identity()}
+
+
+# ------------------------------------------------------------------------------------------------ ctranslate2
+
+
+def _ct2_version() -> str:
+    import ctranslate2  # optional dependency (the `fast` extra)
+
+    return ctranslate2.__version__
+
+
+@functools.cache
+def _files_hash(directory: str, stamp: tuple) -> str:
+    files = [Path(directory) / name for name, _, _ in stamp]
+    return content_hash([[f.name, file_sha256(f)] for f in files], 64)
+
+
+def model_dir_hash(directory: str) -> str:
+    """Content hash of an HF model directory (every file's name and SHA-256, the cache's manifest excluded), computed
+    once per process while the files' sizes and times stay the same."""
+    path = Path(directory)
+    if not path.is_dir():
+        raise BadInput(f"the ctranslate2 engine converts a local HF model directory; {directory!r} is not one. "
+                       f"Use the engine 'transformers' for a hub id.")
+    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir())
+                  if f.is_file() and f.name != "manifest.json")
+    return _files_hash(str(path.resolve()), stamp)
+
+
+def convert(model_dir: str, quantization: str, cache: ArtifactCache) -> Path:
+    """The CTranslate2 conversion of `model_dir` (artifact kind `ct2_model`), made once per content and
+    quantisation."""
+    from ctranslate2.converters import TransformersConverter  # optional dependency (the `fast` extra)
+
+    inputs = {"model_sha256": model_dir_hash(model_dir), "quantization": quantization,
+              "ctranslate2": _ct2_version(), "transformers": transformers.__version__}
+
+    def build(out: Path) -> None:
+        log.info("converting %s for CTranslate2 (%s)", model_dir, quantization)
+        try:
+            TransformersConverter(model_dir).convert(str(out), quantization=quantization, force=True)
+        except Exception as exc:
+            raise RuntimeFailure(f"CTranslate2 cannot convert {model_dir} ({type(exc).__name__}: {exc}); use the "
+                                 f"generation engine 'transformers' for this model.") from exc
+        # The converter writes `unk_token: null` for tokenizers without one (e.g. byte-level BPEs trained here),
+        # which the Generator refuses to load; the token is never used in generation, so EOS stands in.
+        config = json.loads((out / "config.json").read_text())
+        if config.get("unk_token") is None:
+            config["unk_token"] = config.get("eos_token")
+            (out / "config.json").write_text(json.dumps(config, indent=2))
+
+    return cache.get_or_build("ct2_model", inputs, build).path
+
+
+class CT2Sampler:
+    """A converted model and the HF tokenizer, with `Policy.generate`'s signature and batching."""
+
+    def __init__(self, model_dir: str, converted: Path, compute_type: str, chat: bool = False):
+        import ctranslate2  # optional dependency (the `fast` extra)
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.chat = chat
+        generation = GenerationConfig.from_pretrained(model_dir) if (Path(model_dir) /
+                                                                     "generation_config.json").is_file() else None
+        unmatched = {k: getattr(generation, k, None) for k, default in _UNMATCHED_DEFAULTS.items()
+                     if generation is not None and getattr(generation, k, default) not in (default, None)}
+        if unmatched:
+            raise RuntimeFailure(f"{model_dir}'s generation_config sets {unmatched}, which transformers applies and "
+                                 f"CTranslate2 would not; use the generation engine 'transformers'.")
+        eos = generation.eos_token_id if generation is not None and generation.eos_token_id is not None \
+            else self.tokenizer.eos_token_id
+        self.end_ids = [eos] if isinstance(eos, int) else list(eos)
+        self.ctranslate2 = ctranslate2
+        self.converted, self.compute_type = str(converted), compute_type
+
+    def _generator(self, seed: int):
+        """A Generator whose sampling stream starts at `seed`. CTranslate2 samples from a per-thread generator that
+        its worker thread seeds from the global seed at first use, so only fresh workers can be reseeded: each
+        `generate` call loads the model anew (~0.3 s for SmolLM2 in int8, ~1.5 s in float32)."""
+        self.ctranslate2.set_random_seed(seed % 2**32)
+        return self.ctranslate2.Generator(self.converted, device="cpu", compute_type=self.compute_type,
+                                          intra_threads=torch.get_num_threads(), inter_threads=1)
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
+                 seed: int = 0, n: int = 1, batch_size: int = 16, progress=None) -> list[str]:
+        """As `Policy.generate`: prompts sorted by length, `batch_size` sequences per batch; one random stream per
+        call, seeded from `seed`, so the same call gives the same completions."""
+        if not prompts:
+            return []
+        ids = prompt_ids(self.tokenizer, list(prompts), self.chat)
+        order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+        out: list[list[str]] = [[] for _ in prompts]
+        per_batch = max(1, batch_size // n)
+        sampling = temperature > 0
+        generator = self._generator(seed)
+        for start in range(0, len(order), per_batch):
+            rows = [i for i in order[start : start + per_batch] for _ in range(n)]
+            shortest = min(len(ids[i]) for i in rows)
+            # The Generator feeds every prompt's first `shortest` tokens at once and the rest of each prompt as forced
+            # decoding steps that count towards max_length; so each row gets its own leftover prompt stripped and
+            # its first max_new_tokens new tokens kept (later ones cannot change earlier ones).
+            results = generator.generate_batch(
+                [self.tokenizer.convert_ids_to_tokens(ids[i]) for i in rows],
+                max_length=max_new_tokens + max(len(ids[i]) for i in rows) - shortest,
+                include_prompt_in_result=False, end_token=self.end_ids,
+                sampling_topk=0 if sampling else 1, sampling_topp=top_p if sampling else 1.0,
+                sampling_temperature=temperature if sampling else 1.0)
+            new = [r.sequences_ids[0][len(ids[i]) - shortest :][:max_new_tokens] for i, r in zip(rows, results)]
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            for j, i in enumerate(rows[::n]):
+                out[i] = texts[j * n : (j + 1) * n]
+            if progress is not None:
+                progress(len(rows) // n)
+        return [text for samples in out for text in samples]
