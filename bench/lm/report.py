@@ -13,7 +13,7 @@ import numpy as np
 
 from bench.reporting.html import figure_html, method_colours, new_figure, plotting, png_bytes
 from bench.scoring.estimate import format_estimate
-from bench.storage.results import read_result
+from bench.storage.results import read_selected
 from bench.storage.selection import Selection
 
 
@@ -21,18 +21,17 @@ def realign_results(group_dir: Path, selection: Selection) -> dict:
     """The re-alignment outcomes of a run (bench/lm/realign_trial.py), one row per (method, seed), sorted by the
     recovery ratio of the evaluation judge's mean toxicity (best first; rows without one last)."""
     rows, failures = [], []
-    for method, trial_ids in selection.realign_trial_ids.items():
-        for trial_id in trial_ids:
-            result = read_result(group_dir / "rerlhf" / f"{trial_id}.json")
-            if result is None or result["status"] != "ok":
-                failures.append({"method": method, "trial_id": trial_id,
-                                 "error": "result missing or corrupted" if result is None else result["error"]})
-                continue
-            bon = {judge: {"n": curve["m"][-1], "mean_toxicity": _at_n(curve, "mean_toxicity"),
-                           "toxic_rate": _at_n(curve, "toxic_rate"), "curve": curve}
-                   for judge, curve in result["bon"].items()}
-            rows.append({"method": method, "seed": result["seed"], "trial_id": trial_id, "bon": bon,
-                         **{k: result[k] for k in ("policy", "comparison", "training") if k in result}})
+    trials = [(method, trial_id) for method, trial_ids in selection.realign_trial_ids.items() for trial_id in trial_ids]
+    results = read_selected([group_dir / "rerlhf" / f"{trial_id}.json" for _, trial_id in trials])
+    for (method, trial_id), result in zip(trials, results):
+        if result["status"] != "ok":
+            failures.append({"method": method, "trial_id": trial_id, "error": result["error"]})
+            continue
+        bon = {judge: {"n": curve["m"][-1], "mean_toxicity": _at_n(curve, "mean_toxicity"),
+                       "toxic_rate": _at_n(curve, "toxic_rate"), "curve": curve}
+               for judge, curve in result["bon"].items()}
+        rows.append({"method": method, "seed": result["seed"], "trial_id": trial_id, "bon": bon,
+                     **{k: result[k] for k in ("policy", "comparison", "training") if k in result}})
 
     def key(row):
         value = row.get("comparison", {}).get("eval", {}).get("mean_toxicity", {}).get("recovery_ratio", {})

@@ -37,9 +37,11 @@ def publish(task: str, runs_dir: Path, results_dir: Path, leaderboards_dir: Path
     for trial_ids in selection.realign_trial_ids.values():
         (target / "rerlhf").mkdir(exist_ok=True)
         for trial_id in trial_ids:
-            source = group / "rerlhf" / f"{trial_id}.json"
-            if source.exists():  # a failed or missing re-alignment is reported by the leaderboard as such
-                shutil.copy2(source, target / "rerlhf" / source.name)
+            source = group / "rerlhf" / f"{trial_id}.json"  # a failed re-alignment is stored too, and listed
+            if not source.exists():
+                raise BadInput(f"re-alignment trial {trial_id} of {group} is missing; rerun `bench run` before "
+                               f"publishing.")
+            shutil.copy2(source, target / "rerlhf" / source.name)
     for kind, key in (("demos", data.demos_key), ("truth", data.truth_key)):
         destination = target_cache.path(kind, key)
         if not destination.exists():

@@ -10,6 +10,7 @@ checks the files against the hashes in the manifest; a corrupted artifact is rep
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench import CODE_VERSION
+from bench.errors import RuntimeFailure
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +47,33 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename: readers see the old file or the new one."""
+    """Write to a temporary file beside `path`, fsync, then rename: readers see the old file or the new one.
+    A full disk raises RuntimeFailure naming the path and the size; the temporary file is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        raise RuntimeFailure(f"no space left on the device to write {len(data):,} bytes to {path} "
+                             f"({os.strerror(exc.errno)}); free space there, or choose another directory, and "
+                             f"rerun: {'the old file is unchanged' if path.exists() else 'nothing was written'}."
+                             ) from exc
 
 
 def atomic_write_json(path: Path, obj: Any, *, indent: int | None = 1) -> None:
@@ -130,8 +144,12 @@ class ArtifactCache:
                 build(tmp)
                 write_manifest(tmp, kind, key, inputs, seconds=time.time() - started)
                 os.replace(tmp, final)
-            except BaseException:
+            except BaseException as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
+                if isinstance(exc, OSError) and exc.errno in NO_SPACE:  # a stage's own write (np.save, a model)
+                    raise RuntimeFailure(f"no space left on the device to build artifact {kind}/{key} in "
+                                         f"{final.parent} ({exc}); free space there, or point IRL_BENCH_CACHE at "
+                                         f"another disk, and rerun: the partial build was removed.") from exc
                 raise
         return Artifact(kind, key, final)
 

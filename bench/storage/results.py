@@ -1,5 +1,7 @@
 """Trial results: one checksummed JSON file per trial, written atomically, so the runs directory is the source of
-truth. A missing, truncated or altered file reads as absent (with a warning naming it): its trial runs again."""
+truth. While running, a missing, truncated or altered file reads as absent (with a warning naming it): its trial
+runs again (`read_result`). A leaderboard rebuilt from stored runs cannot rerun anything, so there a damaged file is
+an error naming it (`read_selected`)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import logging
 import traceback
 from pathlib import Path
 
+from bench.errors import RuntimeFailure
 from bench.storage.artifacts import atomic_write_json, content_hash
 
 log = logging.getLogger(__name__)
@@ -18,19 +21,46 @@ def write_result(path: Path, payload: dict) -> None:
     atomic_write_json(path, {"payload": payload, "sha256": content_hash(payload, length=64)}, indent=None)
 
 
-def read_result(path: Path) -> dict | None:
-    """The stored payload, or None (with a warning naming the file) if it is missing, truncated or altered."""
-    if not path.exists():
-        return None
+def damage(path: Path) -> tuple[dict | None, str | None]:
+    """(stored payload, None), or (None, what is wrong) if the file is missing, truncated or altered."""
     try:
-        stored = json.loads(path.read_text())
+        stored = json.loads(path.read_bytes())
         payload = stored["payload"]
         if content_hash(payload, length=64) != stored["sha256"]:
-            raise ValueError("checksum mismatch")
-    except (ValueError, KeyError, TypeError) as exc:
-        log.warning("trial result %s is corrupted (%s); the trial will run again", path, exc)
-        return None
+            return None, "its checksum does not match its contents"
+    except FileNotFoundError:
+        return None, "it is missing"
+    except (ValueError, KeyError, TypeError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None, f"it is unreadable ({type(exc).__name__})"
+    return payload, None
+
+
+def read_result(path: Path) -> dict | None:
+    """The stored payload, or None (with a warning naming the file) if it is missing, truncated or altered."""
+    payload, problem = damage(path)
+    if problem is not None and path.exists():
+        log.warning("trial result %s is corrupted (%s); the trial will run again", path, problem)
     return payload
+
+
+def read_selected(paths: list[Path]) -> list[dict]:
+    """The payloads of the result files a run recorded in its selection, in order. Raises RuntimeFailure naming
+    every missing, truncated or altered file: a leaderboard is never built around a hole. (A trial that failed is
+    no damage: its file is intact, with status "failed", and the leaderboard lists it.)"""
+    payloads, damaged = [], []
+    for path in paths:
+        payload, problem = damage(path)
+        if problem is None:
+            payloads.append(payload)
+        else:
+            damaged.append(f"{path} ({problem})")
+    if damaged:
+        raise RuntimeFailure(
+            f"{len(damaged)} stored trial result(s) are missing or corrupted: {'; '.join(damaged)}; restore them "
+            f"(e.g. `git checkout` for committed results) or rerun the `bench run` command that wrote them, which "
+            f"runs exactly those trials again."
+        )
+    return payloads
 
 
 def unfinished(specs: list, results_dir: Path) -> list:

@@ -1,0 +1,152 @@
+"""Faults outside the code: committed results tampered with, and a disk that fills up during a write. Each is
+detected, named with its path, and exits 1; nothing partial is left behind."""
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.errors import RuntimeFailure
+from bench.storage.artifacts import ArtifactCache, atomic_write_bytes, verify
+from bench.storage.results import read_result, write_result
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def committed_copy(tmp_path: Path, task: str) -> tuple[Path, list[Path]]:
+    """A copy of the committed results of one task (with the cache its leaderboard reads), and its trial files."""
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results" / task, results / task)
+    shutil.copytree(REPO / "results" / "cache", results / "cache")
+    group = results / task / json.loads((results / task / "latest.json").read_text())["group"]
+    return results, sorted((group / "trials").glob("*.json"))
+
+
+def leaderboard(results: Path, out: Path, task: str) -> int:
+    return main(["leaderboard", "--task", task, "--runs-dir", str(results), "--leaderboards-dir", str(out)])
+
+
+def test_tampered_committed_results_fail_the_leaderboard_naming_every_damaged_file(tmp_path, capsys):
+    results, trials = committed_copy(tmp_path, "detox")
+    altered, deleted, failed = trials[0], trials[1], trials[2]
+    text = altered.read_text()
+    at = text.index('"test": [') + len('"test": [')  # one digit of one stored reward
+    altered.write_text(text[:at] + ("1" if text[at] != "1" else "2") + text[at + 1:])
+    deleted.unlink()
+    assert leaderboard(results, tmp_path / "lb", "detox") == 1
+    err = capsys.readouterr().err
+    assert f"{altered} (its checksum does not match its contents)" in err
+    assert f"{deleted} (it is missing)" in err
+    assert "2 stored trial result(s)" in err and failed.name not in err
+    assert not (tmp_path / "lb").exists()  # no leaderboard is built around the holes
+
+    shutil.copy2(REPO / altered.relative_to(tmp_path), altered)
+    shutil.copy2(REPO / deleted.relative_to(tmp_path), deleted)
+    realigned = sorted((altered.parent.parent / "rerlhf").glob("*.json"))[0]
+    realigned.write_bytes(realigned.read_bytes()[:200])  # a truncated re-alignment result is damage too
+    assert leaderboard(results, tmp_path / "lb", "detox") == 1
+    assert f"{realigned} (it is unreadable (JSONDecodeError))" in capsys.readouterr().err
+
+    # A trial that failed is no damage: its file is intact, and the leaderboard lists it under its method.
+    shutil.copy2(REPO / realigned.relative_to(tmp_path), realigned)
+    payload = read_result(failed)
+    write_result(failed, {**payload, "status": "failed", "error": "RuntimeError: deliberate"})
+    assert leaderboard(results, tmp_path / "lb", "detox") == 0
+    rows = json.loads((tmp_path / "lb/detox.json").read_text())["rows"]
+    row = next(r for r in rows if r["method"] == payload["method"])
+    assert row["failures"] == [{"trial_id": failed.stem, "seed": payload["seed"], "error": "RuntimeError: deliberate"}]
+    assert row["n_seeds"] == len(row["trial_ids"]) - 1
+
+
+def full_disk(monkeypatch):
+    """Every fsync fails as on a full disk (the write itself was buffered, as a kernel does)."""
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", no_space)
+
+
+def test_full_disk_during_a_write_names_path_and_size_and_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "board.json"
+    target.write_bytes(b"old")
+    full_disk(monkeypatch)
+    with pytest.raises(RuntimeFailure, match=f"no space left on the device to write 1,234 bytes to {target} .*"
+                                             f"the old file is unchanged"):
+        atomic_write_bytes(target, b"x" * 1234)
+    with pytest.raises(RuntimeFailure, match=f"to {tmp_path / 'trial.json'} .*nothing was written"):
+        write_result(tmp_path / "trial.json", {"status": "ok"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["board.json"]  # no temporary file left
+    assert target.read_bytes() == b"old"
+
+
+def test_full_disk_during_an_artifact_build_leaves_a_cache_that_verifies(tmp_path, monkeypatch):
+    cache = ArtifactCache(tmp_path)
+    kept = cache.get_or_build("demo", {"n": 1}, lambda d: (d / "a.txt").write_text("kept"))
+
+    def build(directory):
+        (directory / "first.txt").write_text("written before the disk filled")
+        full_disk(monkeypatch)
+        atomic_write_bytes(directory / "second.bin", b"\0" * 4096)
+
+    with pytest.raises(RuntimeFailure, match="4,096 bytes to .*second.bin"):
+        cache.get_or_build("demo", {"n": 2}, build)
+    monkeypatch.undo()
+
+    def stage_writes_itself(directory):  # a stage's own writer (np.save, save_pretrained) hits the full disk
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory / "weights.bin"))
+
+    with pytest.raises(RuntimeFailure, match="no space left on the device to build artifact demo/.*partial build"):
+        cache.get_or_build("demo", {"n": 3}, stage_writes_itself)
+    assert [a.key for a in cache.entries()] == [kept.key] and verify(kept.path) is None
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir() if not p.name.endswith(".lock")) == [kept.key]
+    assert cache.get_or_build("demo", {"n": 2}, lambda d: (d / "x").write_text("y")).file("x").read_text() == "y"
+
+
+def test_full_disk_exits_1_through_the_cli_with_nothing_partial(tmp_path, monkeypatch, capsys):
+    full_disk(monkeypatch)
+    runs = tmp_path / "runs"
+    assert main(["run", "--task", "synthetic", "--profile", "tiny", "--methods", "random",
+                 "--runs-dir", str(runs), "--leaderboards-dir", str(tmp_path / "lb")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no space left on the device to write ") and "runs/cache/demos/" in err
+    assert len(err.splitlines()) == 1
+    assert not [p for p in runs.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+
+
+def _namespaces_work() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _namespaces_work(), reason="needs unprivileged user namespaces (unshare -rm) for a tmpfs")
+def test_real_full_disk_while_building_the_task_data(tmp_path):
+    """A real 64 KiB tmpfs (mounted in a user namespace, no root needed): the demonstrations fit, a later artifact
+    does not. Exit 1 naming the file; what was built verifies; no temporary file or build directory is left."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    check = ("import json, sys, pathlib; from bench.storage.artifacts import verify; root = pathlib.Path(sys.argv[1]);"
+             "print(json.dumps({'files': sorted(str(p.relative_to(root)) for p in root.rglob('*') if p.is_file()),"
+             "'problems': [verify(p) for p in root.glob('cache/*/*') if not p.name.startswith('.')]}))")
+    script = (f"mount -t tmpfs -o size=64k tmpfs {disk} || exit 99; "
+              f"{sys.executable} -m bench.cli run --task synthetic --profile tiny --methods random "
+              f"--runs-dir {disk}/runs --leaderboards-dir {disk}/lb; echo rc=$?; "
+              f"{sys.executable} -c \"{check}\" {disk}/runs")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    if done.returncode == 99:
+        pytest.skip("tmpfs cannot be mounted here")
+    rc, state = done.stdout.strip().splitlines()[-2:]
+    assert rc == "rc=1", done.stderr
+    err = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(err) == 1 and "no space left on the device to write " in err[0] and f"{disk}/runs/cache/" in err[0]
+    state = json.loads(state)
+    assert any(f.startswith("cache/demos/") and f.endswith("/demos.json") for f in state["files"])
+    assert not [f for f in state["files"] if ".tmp" in f or ".building." in f]
+    assert state["problems"] and all(p is None for p in state["problems"])
