@@ -31,7 +31,7 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from bench.errors import BadInput, RuntimeFailure
 from bench.lm.policies import Policy, prompt_ids
-from bench.storage.artifacts import ArtifactCache, content_hash, file_sha256
+from bench.storage.artifacts import MANIFEST, ArtifactCache, content_hash, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def model_dir_hash(directory: str) -> str:
         raise BadInput(f"the ctranslate2 engine converts a local HF model directory; {directory!r} is not one. "
                        f"Use the engine 'transformers' for a hub id.")
     stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir())
-                  if f.is_file() and f.name != "manifest.json")
+                  if f.is_file() and f.name != MANIFEST)
     return _files_hash(str(path.resolve()), stamp)
 
 
@@ -209,27 +209,29 @@ class CT2Sampler:
         if not prompts:
             return []
         ids = prompt_ids(self.tokenizer, list(prompts), self.chat)
+        if any(not row for row in ids):
+            raise BadInput("an empty prompt gives the model nothing to condition on; give non-empty prompts.")
         order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
-        out: list[list[str]] = [[] for _ in prompts]
+        # The Generator runs all but the last token of the batch's shortest prompt at once and the rest of each
+        # prompt as forced steps. When that shortest prompt has one token, the forced steps would count towards
+        # max_length and come back in the result, so one-token prompts are batched apart from longer ones: then every
+        # result holds exactly the new tokens, at most max_new_tokens of them.
+        groups = [[i for i in order if len(ids[i]) == 1], [i for i in order if len(ids[i]) > 1]]
         per_batch = max(1, batch_size // n)
         sampling = temperature > 0
+        out: list[list[str]] = [[] for _ in prompts]
         generator = self._generator(seed)
-        for start in range(0, len(order), per_batch):
-            rows = [i for i in order[start : start + per_batch] for _ in range(n)]
-            shortest = min(len(ids[i]) for i in rows)
-            # The Generator feeds every prompt's first `shortest` tokens at once and the rest of each prompt as forced
-            # decoding steps that count towards max_length; so each row gets its own leftover prompt stripped and
-            # its first max_new_tokens new tokens kept (later ones cannot change earlier ones).
-            results = generator.generate_batch(
-                [self.tokenizer.convert_ids_to_tokens(ids[i]) for i in rows],
-                max_length=max_new_tokens + max(len(ids[i]) for i in rows) - shortest,
-                include_prompt_in_result=False, end_token=self.end_ids,
-                sampling_topk=0 if sampling else 1, sampling_topp=top_p if sampling else 1.0,
-                sampling_temperature=temperature if sampling else 1.0)
-            new = [r.sequences_ids[0][len(ids[i]) - shortest :][:max_new_tokens] for i, r in zip(rows, results)]
-            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-            for j, i in enumerate(rows[::n]):
-                out[i] = texts[j * n : (j + 1) * n]
-            if progress is not None:
-                progress(len(rows) // n)
+        for group in groups:
+            for start in range(0, len(group), per_batch):
+                rows = [i for i in group[start : start + per_batch] for _ in range(n)]
+                results = generator.generate_batch(
+                    [self.tokenizer.convert_ids_to_tokens(ids[i]) for i in rows], max_length=max_new_tokens,
+                    include_prompt_in_result=False, end_token=self.end_ids,
+                    sampling_topk=0 if sampling else 1, sampling_topp=top_p if sampling else 1.0,
+                    sampling_temperature=temperature if sampling else 1.0)
+                texts = self.tokenizer.batch_decode([r.sequences_ids[0] for r in results], skip_special_tokens=True)
+                for j, i in enumerate(rows[::n]):
+                    out[i] = texts[j * n : (j + 1) * n]
+                if progress is not None:
+                    progress(len(rows) // n)
         return [text for samples in out for text in samples]

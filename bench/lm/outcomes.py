@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.lm import toxicity
+from bench.lm.engines import Engine, TransformersEngine, key_part
 from bench.lm.policies import Policy
 from bench.lm.toxicity import JudgedSamples
 from bench.storage.artifacts import ArtifactCache, atomic_write_json
@@ -18,20 +19,22 @@ from bench.task import hash_texts
 
 
 def judged_samples(policy, judges: dict, prompts: list[str], k: int, max_new_tokens: int, seed: int = 0,
-                   batch_size: int = 16, base=None, progress=None) -> dict:
+                   batch_size: int = 16, base=None, progress=None, sampler=None, engine: dict | None = None) -> dict:
     """k samples per prompt from `policy` at temperature 1 without top-p (so that the KL estimate is unbiased),
     P(toxic) of each completion under every judge of `judges` ({name: judge}, completion only), and, when `base`
     (π₀) is given, each completion's log-probability under the policy and under π₀.
 
+    `sampler` (an engine's, bench/lm/engines.py), if given, draws the completions instead of `policy.generate`, and
+    `engine` (its identity) is recorded with the decoding; log-probs always come from the reference models.
     The record (JSON-ready) is prompt-major: completion i belongs to prompt i // k. Log-probs come from
     retokenising the decoded text, as everywhere in the benchmark, so KL and perplexity are of the text."""
-    completions = policy.generate(prompts, max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, seed=seed,
-                                  n=k, batch_size=batch_size, progress=progress)
+    completions = (sampler or policy).generate(prompts, max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0,
+                                               seed=seed, n=k, batch_size=batch_size, progress=progress)
     record = {"k": k, "n_prompts": len(prompts), "completions": completions,
               "p_toxic": {name: [round(float(x), 7) for x in judge.p_toxic(completions)]
                           for name, judge in judges.items()},
               "decoding": {"max_new_tokens": max_new_tokens, "temperature": 1.0, "top_p": 1.0, "seed": seed,
-                           "batch_size": batch_size}}
+                           "batch_size": batch_size, **({"engine": engine} if engine else {})}}
     if base is not None:
         repeated = [p for p in prompts for _ in range(k)]
         lp_base = base.logprobs(repeated, completions, batch_size)
@@ -44,23 +47,30 @@ def judged_samples(policy, judges: dict, prompts: list[str], k: int, max_new_tok
 
 def cached_judged_samples(cache: ArtifactCache, policy_dir: str, identity: dict, base_dir: str | None,
                           base_identity: dict | None, judges: dict, prompts: list[str], k: int, max_new_tokens: int,
-                          seed: int, batch_size: int, progress=None):
+                          seed: int, batch_size: int, progress=None, engine: Engine | None = None):
     """`judged_samples` of the model at `policy_dir` (identity: what makes it unique), cached as artifact kind
     `policy_samples` (the record is its samples.json). `judges` maps a name to a (spec, judge factory) pair; judges
-    load only to build. `progress(k)` is called with the number of prompts sampled after each batch."""
+    load only to build. `progress(k)` is called with the number of prompts sampled after each batch. `engine`
+    (default: the reference, transformers) draws the samples; it enters the key only when it is not the reference,
+    so records sampled before engines existed keep their keys."""
+    engine = engine or TransformersEngine()
     inputs = {"policy": identity, "base": base_identity, "prompts_sha256": hash_texts(prompts, length=64),
               "n_prompts": len(prompts),
               "k": k, "max_new_tokens": max_new_tokens, "seed": seed, "batch_size": batch_size,
-              "judges": {name: spec for name, (spec, _) in judges.items()}}
+              "judges": {name: spec for name, (spec, _) in judges.items()}, **key_part(engine)}
 
     def build(out):
-        policy = Policy.from_pretrained(policy_dir)
+        reference = engine.name == TransformersEngine.name
+        sampler = None if reference else engine.load(policy_dir)
+        # The reference policy samples itself; with another engine it is loaded only to score log-probs.
+        policy = Policy.from_pretrained(policy_dir) if reference or base_dir is not None else None
         base = None
         if base_dir is not None:
             base = policy if base_dir == policy_dir else Policy.from_pretrained(base_dir)
         loaded = {name: make() for name, (_, make) in judges.items()}
-        atomic_write_json(out / "samples.json", judged_samples(policy, loaded, prompts, k, max_new_tokens, seed,
-                                                               batch_size, base, progress), indent=None)
+        record = judged_samples(policy, loaded, prompts, k, max_new_tokens, seed, batch_size, base, progress,
+                                sampler, None if reference else engine.identity())
+        atomic_write_json(out / "samples.json", record, indent=None)
 
     return cache.get_or_build("policy_samples", inputs, build)
 

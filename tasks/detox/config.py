@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from bench.config import param
 from bench.errors import BadInput
+from bench.lm.engines import ENGINES
 from bench.lm.judges import JUDGES
 from bench.task import Profile
 
@@ -33,6 +34,9 @@ class DetoxConfig:
     temperature: float = param(1.0, low=0.0, high=2.0, tune=False, help="sampling temperature of the demos")
     top_p: float = param(1.0, low=0.01, high=1.0, tune=False, help="nucleus sampling of the demos")
     gen_batch_size: int = param(16, low=1, high=1024, tune=False, help="sequences per generation batch")
+    gen_engine: str = param("transformers", choices=list(ENGINES), tune=False,
+                            help="what samples the demos and the judged samples (bench/lm/engines.py); 'auto' = the "
+                                 "fastest installed; enters artifact keys only when not 'transformers'")
     rl_algorithm: str = param("rloo", choices=["rloo", "grpo"], tune=False, help="TRL trainer of the expert")
     rl_steps: int = param(24, low=1, high=100000, tune=False, help="expert RLHF optimiser steps")
     rl_lr: float = param(1e-3, low=1e-8, high=1.0, log=True, tune=False, help="expert RLHF learning rate")

@@ -16,6 +16,8 @@ from bench.data import Completions, Demonstrations, Split
 from bench.kit.reward_models import lm_features, text_key
 from bench.lm import rlhf
 from bench.lm.assets import ASSETS
+from bench.lm.engines import DEFAULT as DEFAULT_ENGINE
+from bench.lm.engines import Engine, key_part, make_engine
 from bench.lm.judges import make_judge
 from bench.lm.outcomes import cached_judged_samples
 from bench.lm.policies import Policy, resolve_model_dir
@@ -64,6 +66,17 @@ class Build:
     def policies(self) -> dict[str, Policy]:
         """π₀ and π_E, loaded once and only if a stage must be built."""
         return {"base": Policy.from_pretrained(self.base[0]), "expert": Policy.from_pretrained(self.expert[0])}
+
+    @functools.cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.cfg.gen_engine, self.cache)
+
+    @property
+    def samplers(self) -> dict:
+        """What samples π₀ and π_E: the loaded policies themselves under the reference engine."""
+        if self.engine.name == DEFAULT_ENGINE:
+            return self.policies
+        return {"base": self.engine.load(self.base[0]), "expert": self.engine.load(self.expert[0])}
 
     @property
     def judges(self) -> dict:
@@ -123,15 +136,16 @@ def expert(b: Build) -> None:
 
 
 def samples(b: Build) -> None:
-    """k completions per prompt of every split from π_E and π₀: the demonstrations' texts."""
+    """k completions per prompt of every split from π_E and π₀: the demonstrations' texts. The generation engine
+    (`gen_engine`) joins the decoding settings, and so the key, only when it is not the reference transformers."""
     cfg = b.cfg
     decoding = {"completions_per_prompt": cfg.completions_per_prompt, "max_new_tokens": cfg.max_new_tokens,
                 "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0, "seed": cfg.data_seed,
-                "chat_template": False, "prompt_included_in_text": False}
+                "chat_template": False, "prompt_included_in_text": False, **key_part(b.engine)}
     inputs = {"prompts": {s: hash_texts(p) for s, p in b.splits.items()}, "base": b.base[1], "expert": b.expert[1],
               "decoding": decoding}
     b.artifacts["samples"] = b.cache.get_or_build(
-        "detox_samples", inputs, lambda d: write_generations(d, b.splits, b.policies, decoding, cfg, b.stages))
+        "detox_samples", inputs, lambda d: write_generations(d, b.splits, b.samplers, decoding, cfg, b.stages))
 
 
 def features(b: Build) -> None:
@@ -187,11 +201,11 @@ def evaluations(b: Build) -> None:
         advance = b.stages.stage(f"evaluation: sampling {'π₀' if role == 'base' else 'π_E'}", len(b.eval_prompts))
         b.artifacts[f"eval_{role}"] = cached_judged_samples(
             b.cache, directory, identity, b.base[0], b.base[1], b.judges, b.eval_prompts, cfg.eval_samples,
-            cfg.max_new_tokens, cfg.data_seed, cfg.eval_batch_size, progress=advance)
+            cfg.max_new_tokens, cfg.data_seed, cfg.eval_batch_size, progress=advance, engine=b.engine)
     advance = b.stages.stage("best-of-n pool: sampling π₀", len(b.splits["test"]))
     b.artifacts["bon_pool"] = cached_judged_samples(
         b.cache, b.base[0], b.base[1], None, None, b.judges, b.splits["test"], cfg.bon_samples, cfg.max_new_tokens,
-        cfg.data_seed + 1, cfg.eval_batch_size, progress=advance)
+        cfg.data_seed + 1, cfg.eval_batch_size, progress=advance, engine=b.engine)
 
 
 def realign_setup(b: Build) -> None:
@@ -212,11 +226,14 @@ def realign_setup(b: Build) -> None:
 # ---------------------------------------------------------------------------------------- stage outputs
 
 
-def write_generations(out: Path, splits: dict, policies: dict, decoding: dict, cfg: DetoxConfig,
+def write_generations(out: Path, splits: dict, samplers: dict, decoding: dict, cfg: DetoxConfig,
                       stages: Stages) -> None:
-    """samples.json: per split, the prompts and each policy's k completions per prompt (prompt-major)."""
+    """samples.json: per split, the prompts and each policy's k completions per prompt (prompt-major).
+
+    The reference engine is called once per batch of prompts, each seeded apart; another engine once per split and
+    policy, because its samplers pay a model load per call (bench/lm/engines.py)."""
     k = decoding["completions_per_prompt"]
-    per_call = max(1, cfg.gen_batch_size // k)
+    per_call = max(1, cfg.gen_batch_size // k if "engine" not in decoding else max(map(len, splits.values())))
     result = {"decoding": decoding, "splits": {}}
     total = sum(len(p) for p in splits.values()) * 2
     advance = stages.stage("demos: sampling π_E and π₀", total)
@@ -228,7 +245,7 @@ def write_generations(out: Path, splits: dict, policies: dict, decoding: dict, c
             for chunk_no, start in enumerate(range(0, len(prompts), per_call)):
                 chunk = prompts[start : start + per_call]
                 seed = int(content_hash([decoding["seed"], split, role, chunk_no], 8), 16) % (2**31)
-                texts += policies[role].generate(chunk, max_new_tokens=decoding["max_new_tokens"],
+                texts += samplers[role].generate(chunk, max_new_tokens=decoding["max_new_tokens"],
                                                    temperature=decoding["temperature"], top_p=decoding["top_p"],
                                                    seed=seed, n=k, batch_size=cfg.gen_batch_size)
                 advance(len(chunk))

@@ -1,0 +1,199 @@
+"""bench/lm/engines.py: the ctranslate2 engine samples the reference's (transformers') distribution.
+
+The model is a tiny GPT-2 trained for a few seconds on shuffled words of a small corpus, so that its samples are
+real words with real entropy (a random model's byte soup retokenises into noise and hides every difference).
+
+* Greedy decoding: float32 must give the reference's completion on every prompt (both compute the same fp32
+  network; a flip would need two logits equal to ~1e-6). int8 quantises the weights, so it may flip near-ties only:
+  wherever its completion differs, the reference's log-prob gap between the two tokens at the first difference is
+  under 0.1 nats, and at least 80% of the completions are identical.
+* Sampling: the reference log-probs (Policy.sum_logprobs) of engine samples and of reference samples come from
+  the same distribution: a two-sided Mann-Whitney test at α = 0.001 does not reject, and the difference of means
+  lies within its 99.9% normal CI. The same test does reject reference samples at temperature 0.9, so it has the
+  power to see a 10% change of temperature. Seeds are fixed, so the outcome is deterministic on a given machine.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_LM_CORPUS
+from scipy import stats
+
+from bench.errors import BadInput
+from bench.lm import outcomes
+from bench.lm.engines import (
+    CTranslate2Engine,
+    TransformersEngine,
+    ct2_installed,
+    key_part,
+    make_engine,
+    model_dir_hash,
+    resolve,
+)
+from bench.lm.policies import Policy
+from bench.progress import Stages
+from bench.storage.artifacts import ArtifactCache
+from bench.task import hash_texts
+from tasks.detox import stages
+from tasks.detox.config import DetoxConfig
+from tasks.detox.tiny_lm import train_tiny_lm
+
+needs_ct2 = pytest.mark.skipif(not ct2_installed(), reason="ctranslate2 is not installed (pip install -e '.[fast]')")
+ALPHA = 0.001
+PROMPTS = [" ".join(s.split()[:j]) for s in TINY_LM_CORPUS for j in (1, 3, 6)]  # 1-token prompts included
+N, TOKENS = 16, 10  # 18 prompts x 16 samples of 10 tokens per engine
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(model directory, reference Policy, cache): a tiny GPT-2 trained 80 steps (~5 s)."""
+    cache = ArtifactCache(tmp_path_factory.mktemp("engines"))
+    rng = np.random.default_rng(0)
+    corpus = TINY_LM_CORPUS + [" ".join(rng.permutation(s.split())) for s in TINY_LM_CORPUS for _ in range(10)]
+    art = train_tiny_lm(corpus, 80, 0, cache, Stages(lambda *args: None))
+    return str(art.path), Policy.from_pretrained(str(art.path)), cache
+
+
+def reference_logprobs(policy, texts):
+    return policy.sum_logprobs([p for p in PROMPTS for _ in range(N)], texts, batch_size=64)
+
+
+def same_distribution(a, b) -> tuple[bool, float]:
+    p = stats.mannwhitneyu(a, b, alternative="two-sided").pvalue
+    se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    return p > ALPHA and abs(a.mean() - b.mean()) < stats.norm.ppf(1 - ALPHA / 2) * se, p
+
+
+def test_engine_names_resolve_and_only_other_engines_enter_keys():
+    assert resolve("transformers") == "transformers"
+    assert resolve("auto") == ("ctranslate2" if ct2_installed() and not torch.cuda.is_available() else "transformers")
+    with pytest.raises(BadInput, match="choose from"):
+        make_engine("vllm")
+    assert key_part(TransformersEngine()) == {}
+    engine = CTranslate2Engine(ArtifactCache("unused"), "float32")
+    if ct2_installed():
+        assert key_part(engine)["engine"]["compute_type"] == "float32"
+    with pytest.raises(BadInput, match="int8"):
+        CTranslate2Engine(ArtifactCache("unused"), "float16")
+
+
+@needs_ct2
+@pytest.mark.parametrize("compute_type", ["float32", "int8"])
+def test_greedy_decoding_gives_the_reference_completions(trained, compute_type):
+    model_dir, policy, cache = trained
+    reference = policy.generate(PROMPTS, max_new_tokens=12, temperature=0, batch_size=8)
+    engine = make_engine("ctranslate2", cache, compute_type).load(model_dir)
+    got = engine.generate(PROMPTS, max_new_tokens=12, temperature=0, batch_size=8)
+    assert got == engine.generate(PROMPTS, max_new_tokens=12, temperature=0, batch_size=64)  # batching-free
+    same = sum(a == b for a, b in zip(reference, got))
+    if compute_type == "float32":
+        assert same == len(PROMPTS)
+        return
+    assert same >= 0.8 * len(PROMPTS)
+    tok = policy.tokenizer
+    for prompt, ref, ours in zip(PROMPTS, reference, got):
+        if ref == ours:
+            continue
+        ids_ref, ids_ours = (tok(t, add_special_tokens=False)["input_ids"] for t in (ref, ours))
+        first = next(i for i, (x, y) in enumerate(zip(ids_ref, ids_ours)) if x != y)
+        context = tok(prompt)["input_ids"] + ids_ref[:first]
+        with torch.no_grad():
+            logp = torch.log_softmax(policy.model(torch.tensor([context])).logits[0, -1], -1)
+        assert float(logp[ids_ref[first]] - logp[ids_ours[first]]) < 0.1, (prompt, ref, ours)
+
+
+@needs_ct2
+@pytest.mark.parametrize("compute_type", ["float32", "int8"])
+def test_samples_have_the_reference_distribution_of_reference_logprobs(trained, compute_type):
+    model_dir, policy, cache = trained
+    reference = reference_logprobs(policy, policy.generate(PROMPTS, max_new_tokens=TOKENS, seed=0, n=N,
+                                                           batch_size=64))
+    engine = make_engine("ctranslate2", cache, compute_type).load(model_dir)
+    texts = engine.generate(PROMPTS, max_new_tokens=TOKENS, seed=0, n=N, batch_size=64)
+    assert len(texts) == len(PROMPTS) * N and len(set(texts)) > len(texts) // 2
+    ok, p = same_distribution(reference, reference_logprobs(policy, texts))
+    assert ok, f"{compute_type} samples differ from the reference's (Mann-Whitney p={p:.2g})"
+    # Power: the same test sees a 10% lower temperature.
+    colder = policy.generate(PROMPTS, max_new_tokens=TOKENS, seed=1, n=N, batch_size=64, temperature=0.9)
+    assert not same_distribution(reference, reference_logprobs(policy, colder))[0]
+    # Nucleus sampling: the engine's top-p keeps the same tokens as transformers' (the one crossing p included).
+    nucleus = reference_logprobs(policy, policy.generate(PROMPTS, max_new_tokens=TOKENS, seed=2, n=N, batch_size=64,
+                                                         top_p=0.8))
+    ok, p = same_distribution(nucleus, reference_logprobs(policy, engine.generate(
+        PROMPTS, max_new_tokens=TOKENS, seed=2, n=N, batch_size=64, top_p=0.8)))
+    assert ok, f"{compute_type} top-p samples differ from the reference's (Mann-Whitney p={p:.2g})"
+
+
+@needs_ct2
+def test_same_seed_same_samples_and_one_conversion_per_content(trained, tmp_path):
+    model_dir, _, cache = trained
+    engine = make_engine("ctranslate2", cache, "int8")
+    a = engine.sample(model_dir, PROMPTS[:6], n=2, max_new_tokens=8, seed=3)
+    assert a == engine.sample(model_dir, PROMPTS[:6], n=2, max_new_tokens=8, seed=3)
+    other = engine.sample(model_dir, PROMPTS[:6], n=2, max_new_tokens=8, seed=4)
+    assert sum(x != y for x, y in zip(a, other)) >= 6
+    # A copy of the model elsewhere has the same content hash and reuses the conversion.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in Path(model_dir).iterdir():
+        if f.is_file() and f.name != "manifest.json":
+            (copy / f.name).write_bytes(f.read_bytes())
+    assert model_dir_hash(str(copy)) == model_dir_hash(model_dir)
+    assert engine.sample(str(copy), PROMPTS[:6], n=2, max_new_tokens=8, seed=3) == a
+    kinds = [e for e in cache.entries() if e.kind == "ct2_model"]
+    assert sorted(e.manifest["inputs"]["quantization"] for e in kinds) in (["int8"], ["float32", "int8"])
+    with pytest.raises(BadInput, match="local HF model directory"):
+        engine.sample("some/hub-id", ["a"])
+
+
+class LengthJudge:
+    """A stand-in judge: longer completions are 'more toxic'."""
+
+    def p_toxic(self, texts):
+        return [min(1.0, len(t) / 40) for t in texts]
+
+
+@needs_ct2
+def test_judged_samples_record_the_engine_and_key_it_only_when_not_the_reference(trained):
+    model_dir, _, cache = trained
+    judges = {"len": ({"type": "length"}, LengthJudge)}
+    args = (cache, model_dir, {"tiny": 1}, model_dir, {"tiny": 1}, judges, PROMPTS[:4], 2, 6, 0, 8)
+    reference = outcomes.cached_judged_samples(*args)
+    legacy_inputs = {"policy": {"tiny": 1}, "base": {"tiny": 1},
+                     "prompts_sha256": hash_texts(PROMPTS[:4], 64),
+                     "n_prompts": 4, "k": 2, "max_new_tokens": 6, "seed": 0, "batch_size": 8,
+                     "judges": {"len": {"type": "length"}}}
+    assert reference.key == cache.key("policy_samples", legacy_inputs)  # keys made before engines existed
+    assert "engine" not in reference.read_json("samples.json")["decoding"]
+    fast = outcomes.cached_judged_samples(*args, engine=make_engine("ctranslate2", cache, "int8"))
+    assert fast.key != reference.key
+    record = fast.read_json("samples.json")
+    assert record["decoding"]["engine"]["engine"] == "ctranslate2" and len(record["completions"]) == 8
+    # Log-probs still come from the reference model: rescoring the engine's texts gives the recorded values.
+    policy = Policy.from_pretrained(model_dir)
+    again = policy.sum_logprobs([p for p in PROMPTS[:4] for _ in range(2)], record["completions"], 8)
+    assert np.allclose(again, record["logp_base"], atol=1e-4)
+
+
+@needs_ct2
+def test_detox_samples_stage_keys_the_engine_only_when_not_transformers(trained):
+    model_dir, _, cache = trained
+    splits = {"train": PROMPTS[:6], "val": PROMPTS[6:9], "test": PROMPTS[9:12]}
+    built = {}
+    for engine in ("transformers", "ctranslate2"):
+        cfg = DetoxConfig(gen_engine=engine, completions_per_prompt=2, max_new_tokens=6, gen_batch_size=8)
+        build = stages.Build(cfg, cache, Stages(lambda *args: None))
+        build.splits, build.base, build.expert = splits, (model_dir, {"tiny": 0}), (model_dir, {"tiny": 1})
+        stages.samples(build)
+        built[engine] = build.artifacts["samples"]
+    legacy_decoding = {"completions_per_prompt": 2, "max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
+                       "seed": 0, "chat_template": False, "prompt_included_in_text": False}
+    assert built["transformers"].key == cache.key("detox_samples", {
+        "prompts": {s: hash_texts(p) for s, p in splits.items()}, "base": {"tiny": 0}, "expert": {"tiny": 1},
+        "decoding": legacy_decoding})
+    fast = built["ctranslate2"].read_json("samples.json")
+    assert built["ctranslate2"].key != built["transformers"].key
+    assert fast["decoding"]["engine"]["engine"] == "ctranslate2"
+    assert all(len(fast["splits"][s][role]) == 2 * len(splits[s]) for s in splits for role in ("base", "expert"))
