@@ -70,7 +70,7 @@ def test_rebuilds_are_byte_identical(boards):
 def test_json_document_carries_tests_ties_and_normalised_scores(boards):
     _, d, _ = boards
     doc = json.loads((d / "synthetic.json").read_text())
-    assert doc["schema_version"] == 2 and doc["task"] == "synthetic" and doc["profile"] == "tiny"
+    assert doc["schema_version"] == 3 and doc["task"] == "synthetic" and doc["profile"] == "tiny"
     assert doc["bootstrap"]["resamples"] == 300
     rows = {r["method"]: r for r in doc["rows"]}
     for r in doc["rows"]:
@@ -81,6 +81,10 @@ def test_json_document_carries_tests_ties_and_normalised_scores(boards):
     assert rows["oracle"]["comparison"]["roc_auc"]["best"]
     assert not rows["random"]["comparison"]["roc_auc"]["tied"]  # a null reward is separated from R*
     assert rows["random"]["comparison"]["roc_auc"]["p_holm"] < 0.05
+    # power: a detectable difference is positive and smaller than the gap the test did detect
+    mde = rows["random"]["comparison"]["roc_auc"]["mde"]
+    assert 0 < mde < abs(rows["random"]["comparison"]["roc_auc"]["diff"])
+    assert doc["data"]["test_items"] > doc["data"]["bad_test_items"] > 0
     # two near-identical methods cannot be told apart on the centred correlation
     best = next(r for r in doc["rows"] if r["comparison"]["centred_pearson"]["best"])["method"]
     if best in ("good", "also_good"):
@@ -180,12 +184,12 @@ def test_bench_run_then_rebuild_gives_identical_bytes(tmp_path):
 
     call("run", "--task", "synthetic", "--profile", "tiny", "--seeds", "5", "--methods",
          "random,oracle,bradley_terry", "--bootstrap", "200")
-    boards = tmp_path / "leaderboards"
-    names = ["synthetic.json", "synthetic.md", "synthetic.html"]
+    boards = tmp_path / "runs/leaderboards"  # the profile is in the name: a local board
+    names = ["synthetic-tiny.json", "synthetic-tiny.md", "synthetic-tiny.html"]
     first = {n: (boards / n).read_bytes() for n in names}
     for _ in range(2):
         call("leaderboard")
         assert {n: (boards / n).read_bytes() for n in names} == first
-    doc = json.loads(first["synthetic.json"])
-    assert doc["schema_version"] == 2 and [r["n_seeds"] for r in doc["rows"]] == [5, 5, 5]
+    doc = json.loads(first["synthetic-tiny.json"])
+    assert doc["schema_version"] == 3 and [r["n_seeds"] for r in doc["rows"]] == [5, 5, 5]
     assert doc["normalisation"]["available"]

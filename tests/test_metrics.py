@@ -43,8 +43,24 @@ def test_auc_accuracy_f1_match_sklearn(rng):
     acc, f1 = M.accuracy_f1(score, bad, t)
     assert acc == pytest.approx(skm.accuracy_score(bad, score < t))
     assert f1 == pytest.approx(skm.f1_score(bad, score < t))
-    # the chosen threshold is optimal among all cut points
-    assert acc >= max(skm.accuracy_score(bad, score < c) for c in np.unique(score)) - 1e-12
+    # the chosen threshold maximises balanced accuracy among all cut points
+    balanced = skm.balanced_accuracy_score(bad, score < t)
+    assert balanced >= max(skm.balanced_accuracy_score(bad, score < c) for c in np.unique(score)) - 1e-12
+    # average precision of flagging bad items by low score equals sklearn's (which flags tied scores together)
+    assert M.average_precision(score, bad) == pytest.approx(skm.average_precision_score(bad, -score), abs=1e-12)
+
+
+def test_threshold_does_not_collapse_to_never_bad_under_class_imbalance():
+    """4 bad items in 100, imperfectly separated: plain accuracy is maximised by calling nothing bad (96%, F1 0);
+    the balanced-accuracy rule picks a threshold that flags the bad items."""
+    score = np.r_[[-0.6, -0.5, 0.2, 0.3], np.linspace(-0.9, 3.0, 96)]
+    bad = np.r_[np.ones(4, bool), np.zeros(96, bool)]
+    cuts = np.r_[np.unique(score), score.max() + 1]
+    accuracy_rule = max(cuts, key=lambda c: (np.mean((score < c) == bad), -c))
+    assert M.accuracy_f1(score, bad, accuracy_rule) == (0.96, 0.0)  # the old rule: "never bad"
+    t = M.best_threshold(score, bad)
+    acc, f1 = M.accuracy_f1(score, bad, t)
+    assert f1 > 0.15 and (score < t)[bad].mean() >= 0.5
 
 
 def test_pair_accuracy_counts_ties_half():
@@ -95,6 +111,7 @@ def test_bootstrap_weights_equal_explicit_resampling(rng, ties):
         "roc_auc": boot.roc_auc(r), "pearson": boot.pearson(r), "spearman": boot.spearman(r),
         "kendall": boot.kendall(r), "centred_pearson": boot.centred_pearson(r), "starc": boot.starc(r),
         "accuracy": boot.accuracy_f1(r, threshold)[0], "f1": boot.accuracy_f1(r, threshold)[1],
+        "average_precision": boot.average_precision(r),
     }
     for row, w in enumerate(weights):
         drawn = np.repeat(np.arange(items.n_prompts), w.astype(int))
@@ -116,6 +133,7 @@ def test_bootstrap_weights_equal_explicit_resampling(rng, ties):
             "roc_auc": M.roc_auc(rr, ~bb), "pearson": M.pearson(rr, tt), "spearman": M.spearman(rr, tt),
             "kendall": M.kendall(rr, tt), "centred_pearson": M.centred_pearson(rr, tt, new_id),
             "starc": M.starc_distance(rr, tt, new_id), "accuracy": acc, "f1": f1,
+            "average_precision": M.average_precision(rr, bb),
         }
         for name, value in expected.items():
             assert got[name][row] == pytest.approx(value, abs=1e-9), (name, row)

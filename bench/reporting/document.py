@@ -20,14 +20,26 @@ from bench.reporting import html
 from bench.reporting.markdown import PRIMARY, render_markdown
 from bench.reporting.sections import sections_for
 from bench.scoring.bootstrap import ALPHA
-from bench.scoring.scorer import METRICS, NULL_METHOD, PER_SEED, TOP_METHOD, scatter_sample, score_methods
+from bench.scoring.scorer import (
+    METRICS,
+    NULL_METHOD,
+    PER_SEED,
+    TOP_METHOD,
+    data_counts,
+    scatter_sample,
+    score_methods,
+)
 from bench.storage.artifacts import atomic_write_bytes, atomic_write_json, cache_for
 from bench.storage.results import read_selected
 from bench.storage.selection import Selection
 
 # 2: rows gain "comparison" (paired test vs the best, tie flag), "normalised", "trial_ids"; the document gains
 #    "comparisons" (how ties are decided) and "figures" (data of the HTML page's plots).
-SCHEMA_VERSION = 2
+# 3: metric "average_precision"; comparisons carry "mde" (80% power); rows gain "improvement" (P(> reference));
+#    the document gains "data" (counts); accuracy/F1 use the balanced-accuracy validation threshold.
+SCHEMA_VERSION = 3
+# Committed: the published results and the leaderboards CI rebuilds from them (tests/test_committed_results.py).
+PUBLISHED_RESULTS, PUBLISHED_LEADERBOARDS = Path("results"), Path("leaderboards")
 
 
 def latest_group(runs_dir: Path, task: str) -> Path:
@@ -81,7 +93,7 @@ def assemble(selection: Selection, data: TaskData, ok: dict[str, list[dict]], fa
     rows = []
     for method, entry in selection.methods.items():
         s = scored.get(method, {"n_seeds": 0, "seeds": [], "per_seed": {}, "metrics": {}, "comparison": {},
-                                "normalised": {}})
+                                "normalised": {}, "improvement": {}})
         rows.append({
             "method": method,
             "n_seeds": s["n_seeds"],
@@ -91,6 +103,7 @@ def assemble(selection: Selection, data: TaskData, ok: dict[str, list[dict]], fa
             "metrics": s["metrics"],
             "comparison": s["comparison"],
             "normalised": s["normalised"],
+            "improvement": s["improvement"],
             "per_seed": s["per_seed"],
             "trial_ids": entry.trial_ids,
             "failures": failures.get(method, []),
@@ -110,7 +123,10 @@ def assemble(selection: Selection, data: TaskData, ok: dict[str, list[dict]], fa
             "correction": "Holm over the methods compared with the best, per metric",
             "alpha": ALPHA,
             "tied": f"corrected p ≥ {ALPHA}: the data cannot separate the method from the best",
+            "mde": "minimum detectable difference at 80% power: 2.80 × the bootstrap SE of the paired difference",
+            "improvement": "P(method > reference) over pairs of seeds, ties ½, CI from resampling seeds",
         },
+        "data": data_counts(data),
         "normalisation": {"null": NULL_METHOD, "top": TOP_METHOD, "metrics": PER_SEED,
                           "available": NULL_METHOD in scored and TOP_METHOD in scored},
         "figures": {"scatter": scatter_sample(ok, data)},
@@ -122,14 +138,27 @@ def assemble(selection: Selection, data: TaskData, ok: dict[str, list[dict]], fa
     }
 
 
-def write(doc: dict, out_dir: Path) -> tuple[Path, Path, Path]:
-    """Writes <task>.json, <task>.md and <task>.html; returns their paths."""
+def output_of(runs_dir: Path, group_dir: Path, leaderboards_dir: Path | None = None) -> tuple[Path, str]:
+    """(directory, file name stem) of the leaderboard of a stored run group. The committed `leaderboards/<task>.*`
+    are built from the published results only (`bench publish`, `bench leaderboard --runs-dir results`); any other
+    runs directory gets its own, git-ignored `<runs>/leaderboards/`, one board per run group: `<task>.*` for the
+    default profile, `<task>-<group>.*` otherwise (e.g. `detox-smoke.md`). So a run never overwrites the published
+    leaderboards, nor one profile's board another's. `leaderboards_dir` overrides the directory only."""
+    task, group = Path(group_dir).parent.name, Path(group_dir).name
+    if Path(runs_dir).resolve() == PUBLISHED_RESULTS.resolve():
+        return Path(leaderboards_dir or PUBLISHED_LEADERBOARDS), task
+    return Path(leaderboards_dir or Path(runs_dir) / "leaderboards"), task if group == "default" else f"{task}-{group}"
+
+
+def write(doc: dict, out_dir: Path, name: str | None = None) -> tuple[Path, Path, Path]:
+    """Writes <name>.json, <name>.md and <name>.html (name: the task by default); returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / f"{doc['task']}.json", out_dir / f"{doc['task']}.md"
+    name = name or doc["task"]
+    json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
     sections = sections_for(doc["task"])
     page = html.render(doc, sections)  # before anything is written: a plotting failure leaves the old files intact
     atomic_write_json(json_path, doc, indent=1)
     atomic_write_bytes(md_path, render_markdown(doc, sections).encode())
-    html_path = out_dir / f"{doc['task']}.html"
+    html_path = out_dir / f"{name}.html"
     atomic_write_bytes(html_path, page.encode())
     return json_path, md_path, html_path

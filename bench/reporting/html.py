@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from bench.reporting.markdown import COLUMNS, HEADINGS, TIE_MARK, standing
+from bench.reporting.markdown import COLUMNS, HEADINGS, TIE_MARK, power_lines, standing
 from bench.reporting.sections import ReportSections
 from bench.scoring.estimate import format_estimate
 from bench.scoring.scorer import METRICS
@@ -56,6 +56,7 @@ def render(doc: dict, sections: ReportSections | None = None) -> str:
         f"difference cannot separate them (Holm-corrected p ≥ {doc['comparisons']['alpha']}); hover a cell for "
         f"the difference and p-value.</p>",
         '<div class="scroll">', _main_table(rows), "</div>",
+        *_power(doc),
     ]
     norm = doc["normalisation"]
     if norm["available"]:
@@ -92,6 +93,27 @@ def render(doc: dict, sections: ReportSections | None = None) -> str:
         parts += [f"<dt>{e(HEADINGS[m])} ({arrow})</dt><dd>{e(doc['metric_legend'][m]['description'])}</dd>"]
     parts += ["</dl>", "<h2>Provenance</h2>", _provenance(doc), "</body></html>", ""]
     return "\n".join(parts)
+
+
+def _power(doc: dict) -> list[str]:
+    """The Markdown power paragraph and probability-of-improvement table, as HTML."""
+    e = html.escape
+    parts = []
+    for line in power_lines(doc):
+        if line.startswith("|---") or not line:
+            continue
+        if line.startswith("| method"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            parts += ['<div class="scroll"><table><thead><tr>' + "".join(f"<th>{e(c)}</th>" for c in cells)
+                      + "</tr></thead><tbody>"]
+        elif line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>"]
+        else:
+            parts += [f'<p class="note">{e(line.replace("**", "").replace("`", ""))}</p>']
+    if any(p.startswith('<div class="scroll"><table>') for p in parts):
+        parts += ["</tbody></table></div>"]
+    return parts
 
 
 def _cell(row: dict, metric: str) -> str:

@@ -11,9 +11,11 @@ from bench.scoring.scorer import METRICS
 
 TIE_MARK = "≈"
 PRIMARY = "roc_auc"
-COLUMNS = ["roc_auc", "pair_accuracy", "ordering_agreement", "accuracy", "f1", "pearson", "spearman", "kendall",
-           "centred_pearson", "starc", "seed_ambiguity", "pair_accuracy_seed_std"]
-HEADINGS = {"roc_auc": "ROC-AUC", "pair_accuracy": "pair acc", "ordering_agreement": "R* order", "accuracy": "acc",
+COLUMNS = ["roc_auc", "average_precision", "pair_accuracy", "ordering_agreement", "accuracy", "f1", "pearson",
+           "spearman", "kendall", "centred_pearson", "starc", "seed_ambiguity", "pair_accuracy_seed_std"]
+IMPROVEMENT = ["roc_auc", "average_precision", "centred_pearson", "starc"]  # P(method > reference) is shown for these
+HEADINGS = {"roc_auc": "ROC-AUC", "average_precision": "AP", "pair_accuracy": "expert agreement",
+            "ordering_agreement": "R* order", "accuracy": "acc",
             "f1": "F1", "pearson": "Pearson", "spearman": "Spearman", "kendall": "Kendall τ",
             "centred_pearson": "centred r", "starc": "STARC", "seed_ambiguity": "ambiguity",
             "pair_accuracy_seed_std": "acc seed-sd"}
@@ -31,6 +33,41 @@ def tie_legend(doc: dict) -> str:
     return (f"**Bold**: best mean. {TIE_MARK}: tied with the best — a paired bootstrap of the difference "
             f"(same seed × prompt resamples for both methods) cannot separate them after Holm correction over the "
             f"methods compared (corrected p ≥ {doc['comparisons']['alpha']}).")
+
+
+def data_line(doc: dict) -> str:
+    d = doc.get("data")
+    if not d:
+        return ""
+    return (f"Data: {d['train_pairs']} training pairs; scored on {d['test_items']} test completions of "
+            f"{d['test_prompts']} prompts, {d['bad_test_items']} of them bad under R* "
+            f"({d['test_pairs']} test pairs).")
+
+
+def power_lines(doc: dict) -> list[str]:
+    """What the design can detect: the minimum detectable difference at 80% power on the primary metric, and the
+    probability that each method beats the reference on a random seed."""
+    rows = [r for r in doc["rows"] if r.get("comparison", {}).get(PRIMARY)]
+    mdes = {r["method"]: r["comparison"][PRIMARY].get("mde") for r in rows if not r["comparison"][PRIMARY]["best"]}
+    mdes = {m: v for m, v in mdes.items() if v is not None}
+    lines = []
+    if mdes:
+        best = next(r["method"] for r in rows if r["comparison"][PRIMARY]["best"])
+        listed = ", ".join(f"{m} {v:.3f}" for m, v in sorted(mdes.items(), key=lambda kv: kv[1]))
+        lines += ["", f"**Power.** {data_line(doc)} The smallest {HEADINGS[PRIMARY]} difference from the best "
+                      f"(`{best}`) that this design detects with 80% power (α 0.05, paired bootstrap SE × 2.80): "
+                      f"{listed}. Differences smaller than these are reported as ties, not as evidence of equality."]
+    improving = [r for r in doc["rows"] if r.get("improvement")]
+    if improving:
+        reference = next(iter(improving[0]["improvement"].values()))["vs"]
+        shown = [m for m in IMPROVEMENT if m in improving[0]["improvement"]]
+        lines += ["", f"P(method > `{reference}`) on a random pair of seeds (rliable's probability of improvement; "
+                      f"0.5 = no difference; 95% CI from resampling seeds):", "",
+                  "| method | " + " | ".join(HEADINGS[m] for m in shown) + " |", "|---|" + "---|" * len(shown)]
+        for r in improving:
+            lines.append(f"| {r['method']} | " + " | ".join(format_estimate(r["improvement"][m], 2) for m in shown)
+                         + " |")
+    return lines
 
 
 def render_markdown(doc: dict, sections: ReportSections | None = None) -> str:
@@ -57,6 +94,7 @@ def render_markdown(doc: dict, sections: ReportSections | None = None) -> str:
         if r["failures"]:
             seeds += f" ({len(r['failures'])} failed)"
         lines.append(f"| {r['method']} | {seeds} | " + " | ".join(cells) + " |")
+    lines += power_lines(doc)
     norm = doc["normalisation"]
     if norm["available"]:
         shown = [m for m in COLUMNS if m in norm["metrics"]]

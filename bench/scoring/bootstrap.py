@@ -140,6 +140,17 @@ class Bootstrap:
         rank_sum = (w_good * _weighted_midranks(r, self.w)[good]).sum(axis=0)
         return _ratio(rank_sum - n_good * (n_good + 1) / 2, n_good * n_bad)
 
+    def average_precision(self, r: np.ndarray) -> np.ndarray:
+        """Weighted average precision of flagging bad items by low r̂ (tie groups flagged together)."""
+        order = np.argsort(r, kind="stable")
+        rs, bad, w = r[order], self.items.bad[order], self.w[order]
+        ends = np.r_[np.flatnonzero(rs[1:] != rs[:-1]), len(rs) - 1]
+        group = np.repeat(np.arange(len(ends)), np.diff(np.r_[-1, ends]))
+        flagged_bad = np.cumsum(w * bad[:, None], axis=0)[ends][group]  # (n, B+1) at each item's tie group
+        flagged = np.cumsum(w, axis=0)[ends][group]
+        precision = np.where(flagged > 0, flagged_bad / np.maximum(flagged, 1e-300), 0.0)  # 0 where unweighted
+        return _ratio((w * precision * bad[:, None]).sum(axis=0), (w * bad[:, None]).sum(axis=0))
+
     def accuracy_f1(self, r: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
         predicted, bad = r < threshold, self.items.bad
         counts = self.W @ self.items.per_prompt(
@@ -208,6 +219,9 @@ class Bootstrap:
 # replicate, is a paired bootstrap of the difference (per-prompt difficulty cancels instead of adding up).
 
 ALPHA = 0.05  # tie threshold on Holm-corrected p-values; also 1 − level of every CI
+POWER = 0.8
+# Minimum detectable difference = this × the bootstrap SE of a paired difference (two-sided α = 0.05, power 0.8).
+MDE_FACTOR = 1.959963984540054 + 0.8416212335729143
 
 
 def seed_resample_counts(uniforms: np.ndarray, n_seeds: int) -> np.ndarray:
@@ -273,9 +287,11 @@ def compare_to_best(
     """Paired comparison of every method with the best one (by point estimate; direction +1: higher is better).
 
     Per method: difference to the best (method − best) with its percentile CI, the paired-bootstrap p-value, the
-    Holm-corrected p-value over the family of (methods − 1) comparisons, and `tied`: the data cannot separate it
-    from the best (corrected p ≥ α). The best is picked from the same data, so "tied" is the honest reading and a
-    separation is slightly optimistic (winner's curse); equal best values are broken by method name."""
+    Holm-corrected p-value over the family of (methods − 1) comparisons, `tied`: the data cannot separate it
+    from the best (corrected p ≥ α), and `mde`: the smallest true difference this design would detect with 80%
+    power (MDE_FACTOR × the bootstrap standard error of the paired difference; the normal approximation). The best
+    is picked from the same data, so "tied" is the honest reading and a separation is slightly optimistic (winner's
+    curse); equal best values are broken by method name."""
     valid = sorted(m for m, v in points.items() if v is not None and np.isfinite(v))
     if not valid:
         return {}
@@ -286,12 +302,32 @@ def compare_to_best(
     for m in others:
         difference = replicates[m] - replicates[best]
         p_values.append(bootstrap_p_value(difference))
+        finite = difference[np.isfinite(difference)]
         out[m] = {"vs": best, "best": False, "diff": points[m] - points[best],
-                  "ci": list(percentile_ci(difference, alpha)), "p": p_values[-1]}
+                  "ci": list(percentile_ci(difference, alpha)), "p": p_values[-1],
+                  "mde": float(MDE_FACTOR * finite.std(ddof=1)) if len(finite) > 1 else float("nan")}
     for m, p, p_adj in zip(others, p_values, holm(p_values)):
         # an undefined p (no finite replicate) means the data cannot separate the two: count it as a tie
         out[m].update(p_holm=float(p_adj), tied=bool(not np.isfinite(p_adj) or p_adj >= alpha))
     return out
+
+
+def probability_of_improvement(a: np.ndarray, b: np.ndarray, direction: int, n_boot: int = 1000,
+                               seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """P(A > B) as rliable reports it: the probability that a random seed of A beats a random seed of B on the
+    metric (ties ½; direction −1 when lower is better), with a percentile CI from resampling each method's seeds
+    (stratified bootstrap). NaN when either side has no finite value."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    a, b = direction * a[np.isfinite(a)], direction * b[np.isfinite(b)]
+    if not len(a) or not len(b):
+        return float("nan"), (float("nan"), float("nan"))
+
+    def prob(x, y):
+        return float(np.mean((x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])))
+
+    rng = np.random.default_rng(seed)
+    reps = np.array([prob(rng.choice(a, len(a)), rng.choice(b, len(b))) for _ in range(n_boot)])
+    return prob(a, b), percentile_ci(reps)
 
 
 def normalise(value: float, replicates: np.ndarray, null: tuple[float, np.ndarray], top: tuple[float, np.ndarray],

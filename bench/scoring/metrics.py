@@ -43,12 +43,32 @@ def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
 
 
 def best_threshold(r: np.ndarray, bad: np.ndarray) -> float:
-    """The t maximising accuracy of "bad iff r̂ < t" (midpoints between sorted scores; the smallest on a tie)."""
+    """The t maximising *balanced* accuracy of "bad iff r̂ < t" on validation items (midpoints between sorted scores;
+    the smallest on a tie). Plain accuracy collapses to "never bad" when bad items are rare (with 4% bad items, any
+    threshold below every score is 96% accurate and has F1 0); balanced accuracy scores that rule 0.5, so the
+    chosen t must actually separate the classes. With one class only, "never bad"/"always bad" is what is left."""
     order = np.sort(np.unique(r))
     candidates = np.concatenate([[order[0] - 1.0], (order[:-1] + order[1:]) / 2, [order[-1] + 1.0]])
     bad = np.asarray(bad, dtype=bool)
-    accuracy = [np.mean((r < t) == bad) for t in candidates]
-    return float(candidates[int(np.argmax(accuracy))])
+    predicted = r[None, :] < candidates[:, None]
+    tpr = (predicted & bad).sum(axis=1) / max(bad.sum(), 1)
+    tnr = (~predicted & ~bad).sum(axis=1) / max((~bad).sum(), 1)
+    return float(candidates[int(np.argmax(tpr + tnr))])
+
+
+def average_precision(r: np.ndarray, bad: np.ndarray) -> float:
+    """Average precision of flagging bad items by low reward (threshold-free, like ROC-AUC, but it weighs the
+    precision a rare class needs): Σ over bad items of the precision among items scored at or below it, divided by
+    the number of bad items; tied scores are flagged together. NaN without a bad item."""
+    bad = np.asarray(bad, dtype=bool)
+    if not bad.any():
+        return float("nan")
+    order = np.argsort(r, kind="stable")
+    rs, bs = np.asarray(r)[order], bad[order]
+    ends = np.r_[np.flatnonzero(rs[1:] != rs[:-1]), len(rs) - 1]  # last index of each tie group
+    group = np.repeat(np.arange(len(ends)), np.diff(np.r_[-1, ends]))
+    precision = (np.cumsum(bs)[ends] / (ends + 1))[group]
+    return float(precision[bs].mean())
 
 
 def accuracy_f1(r: np.ndarray, bad: np.ndarray, threshold: float) -> tuple[float, float]:

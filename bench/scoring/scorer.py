@@ -24,6 +24,7 @@ from bench.scoring.bootstrap import (
     compare_to_best,
     normalise,
     percentile_ci,
+    probability_of_improvement,
     prompt_weights,
     seed_resample_counts,
     two_level,
@@ -35,7 +36,9 @@ METRICS = {
     "pair_accuracy": (+1, "share of test pairs with r̂(y⁺) > r̂(y⁻), ties ½"),
     "ordering_agreement": (+1, "share of test pairs r̂ orders as R* does"),
     "roc_auc": (+1, "ROC-AUC of r̂ separating good from bad test completions (threshold-free)"),
-    "accuracy": (+1, "accuracy of 'bad iff r̂ < t', t chosen on validation items"),
+    "average_precision": (+1, "average precision of flagging bad completions by low r̂ (threshold-free; its chance "
+                              "level is the bad rate)"),
+    "accuracy": (+1, "accuracy of 'bad iff r̂ < t', t maximising balanced accuracy on validation items"),
     "f1": (+1, "F1 of the bad class at the same t"),
     "pearson": (+1, "Pearson r(r̂, R*) on test completions"),
     "spearman": (+1, "Spearman ρ(r̂, R*)"),
@@ -78,6 +81,7 @@ def seed_metrics(boot: Bootstrap, r: np.ndarray, threshold: float) -> dict[str, 
         "pair_accuracy": boot.pair_accuracy(r),
         "ordering_agreement": boot.ordering_agreement(r),
         "roc_auc": boot.roc_auc(r),
+        "average_precision": boot.average_precision(r),
         "accuracy": accuracy,
         "f1": f1,
         "pearson": boot.pearson(r),
@@ -101,6 +105,7 @@ def method_metrics(boot: Bootstrap, rewards: list[np.ndarray], pair_accuracy: li
 
 
 NULL_METHOD, TOP_METHOD = "random", "oracle"  # normalised score: null = 0, oracle = 1 (when both were run)
+REFERENCE_METHOD = "bradley_terry"  # P(method > reference) is reported against the standard IRL objective
 
 
 def bootstrap_replicates(
@@ -145,8 +150,9 @@ def score_methods(
     trials_by_method: dict[str, list[dict]], data: TaskData, *, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, dict]:
     """{method: {"n_seeds", "seeds", "per_seed": {metric: [...]}, "metrics": {metric: {"mean", "ci"}},
-    "comparison": {metric: paired comparison with the best method, see stats.compare_to_best},
-    "normalised": {metric: {"mean", "ci"}} (only when both `random` and `oracle` were scored)}}."""
+    "comparison": {metric: paired comparison with the best method, see bootstrap.compare_to_best},
+    "normalised": {metric: {"mean", "ci"}} (only when both `random` and `oracle` were scored),
+    "improvement": {metric: P(method > REFERENCE_METHOD) over seeds, with CI} (when the reference was scored)}}."""
     raw = bootstrap_replicates(trials_by_method, data, n_boot=n_boot, seed=seed)
     comparisons = {
         m: compare_to_best({k: r["point"][m] for k, r in raw.items()}, {k: r["replicates"][m] for k, r in raw.items()},
@@ -169,7 +175,14 @@ def score_methods(
                 top=(raw[TOP_METHOD]["point"][m], raw[TOP_METHOD]["replicates"][m]),
             )
             normalised[m] = {"mean": _clean(value), "ci": [_clean(lo), _clean(hi)]}
+        improvement = {}
+        if REFERENCE_METHOD in raw and method != REFERENCE_METHOD:
+            for m in PER_SEED:
+                value, (lo, hi) = probability_of_improvement(
+                    r["per_seed"][m], raw[REFERENCE_METHOD]["per_seed"][m], METRICS[m][0], seed=seed)
+                improvement[m] = {"vs": REFERENCE_METHOD, "value": _clean(value), "ci": [_clean(lo), _clean(hi)]}
         scored[method] = {
+            "improvement": improvement,
             "n_seeds": r["n_seeds"],
             "seeds": r["seeds"],
             "per_seed": r["per_seed"],
@@ -178,6 +191,14 @@ def score_methods(
             "normalised": normalised,
         }
     return scored
+
+
+def data_counts(data: TaskData) -> dict:
+    """The sizes a reader needs to judge the power of the test set."""
+    demos, test = data.demos(), load_eval_sets(data)["test"]
+    return {"train_pairs": len(demos.splits["train"].pairs), "test_items": len(test.reward),
+            "bad_test_items": int(test.bad.sum()), "test_prompts": int(test.prompt_ids.max()) + 1,
+            "test_pairs": len(test.pairs)}
 
 
 def scatter_sample(trials_by_method: dict[str, list[dict]], data: TaskData, max_prompts: int = 50) -> dict:
@@ -205,7 +226,8 @@ def scatter_sample(trials_by_method: dict[str, list[dict]], data: TaskData, max_
 
 
 def _clean_comparison(c: dict) -> dict:
-    return c | {k: _clean(c[k]) for k in ("diff", "p", "p_holm")} | {"ci": [_clean(x) for x in c["ci"]]}
+    cleaned = {k: _clean(c[k]) for k in ("diff", "p", "p_holm", "mde") if k in c}
+    return c | cleaned | {"ci": [_clean(x) for x in c["ci"]]}
 
 
 def _clean(x, digits: int = 6):
