@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from bench.reporting.html import figure_html, method_colours, new_figure, plotting, png_bytes
 from bench.scoring.estimate import format_estimate
@@ -45,8 +46,53 @@ def realign_results(group_dir: Path, selection: Selection) -> dict:
                        "r̂ picks from a shared pool of π₀ samples per test prompt (unbiased estimator)"}
 
 
+OFFLINE = ("pair_accuracy", "roc_auc", "average_precision", "centred_pearson", "starc")
+
+
+def offline_vs_outcome(rows: list[dict], realigned: list[dict], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Which offline metric predicts the downstream outcome? Across the (method, seed) rows that were re-aligned,
+    the Spearman correlation of each offline metric of that fit (and its best-of-n toxicity) with the re-aligned
+    policy's recovery ratio (evaluation judge, mean toxicity), with a 95% percentile CI from resampling rows."""
+    per_seed = {r["method"]: dict(zip(r["seeds"], zip(*[r["per_seed"].get(m, []) for m in OFFLINE])))
+                for r in rows if r.get("per_seed")}
+    points = []
+    for r in realigned:
+        outcome = (r.get("comparison", {}).get("eval", {}).get("mean_toxicity", {}).get("recovery_ratio") or {})
+        offline = per_seed.get(r["method"], {}).get(r["seed"])
+        if offline is None or outcome.get("value") is None or outcome["value"] != outcome["value"]:
+            continue
+        first_judge = next(iter(r["bon"]))
+        points.append([*offline, r["bon"][first_judge]["mean_toxicity"]["value"], outcome["value"]])
+    names = [*OFFLINE, "best_of_n_toxicity"]
+    table = {"n": len(points), "outcome": "recovery ratio, evaluation judge, mean toxicity", "metrics": {}}
+    if len(points) < 4:
+        return table
+    data = np.array(points, dtype=float)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(data), size=(n_boot, len(data)))
+    for j, name in enumerate(names):
+        x, y = data[:, j], data[:, -1]
+        reps = [spearmanr(x[d], y[d]).statistic for d in draws if np.ptp(x[d]) > 0 and np.ptp(y[d]) > 0]
+        lo, hi = np.percentile(reps, [2.5, 97.5]) if reps else (np.nan, np.nan)
+        table["metrics"][name] = {"value": round(float(spearmanr(x, y).statistic), 4),
+                                  "ci": [round(float(lo), 4), round(float(hi), 4)]}
+    return table
+
+
 def _at_n(curve: dict, statistic: str) -> dict:
     return {"value": curve[statistic][-1], "ci": curve[statistic + "_ci"][-1]}
+
+
+def outcome_lines(table: dict | None) -> list[str]:
+    if not table or not table["metrics"]:
+        return []
+    lines = ["", "### Which offline metric predicts the re-alignment outcome?", "",
+             f"Spearman ρ across the {table['n']} re-aligned (method, seed) rows between each offline metric of the "
+             f"fit and the {table['outcome']} (95% CI: bootstrap over rows; STARC and best-of-n toxicity are "
+             f"lower-is-better, so a good predictor has ρ < 0). With this few rows only a strong relation would be "
+             f"distinguishable from none.", "", "| offline metric | ρ with recovery |", "|---|---|"]
+    lines += [f"| {name} | {format_estimate(e, 2)} |" for name, e in table["metrics"].items()]
+    return lines
 
 
 def render_policies(doc: dict) -> list[str]:
@@ -109,6 +155,7 @@ def render_policies(doc: dict) -> list[str]:
                 cells = [c for j in judges for c in (format_estimate(r["bon"][j]["mean_toxicity"]),
                                                      format_estimate(r["bon"][j]["toxic_rate"]))]
                 lines.append(f"| {r['method']} | {r['seed']} | " + " | ".join(cells) + " |")
+        lines += outcome_lines(doc.get("offline_vs_outcome"))
         for f in rerlhf["failures"]:
             lines.append(f"- re-alignment of `{f['method']}` failed (trial `{f['trial_id']}`): {f['error']}")
     return lines
@@ -178,10 +225,11 @@ def best_of_n_figure(doc: dict, rows: list[dict]) -> bytes:
 class PolicySections:
     """The detox task's report sections (see bench/reporting/sections.py)."""
 
-    def document(self, group_dir: Path, selection: Selection) -> dict:
+    def document(self, group_dir: Path, selection: Selection, doc: dict) -> dict:
         if selection.realign_mode == "off":
             return {}
-        return {"rerlhf": realign_results(group_dir, selection)}
+        realigned = realign_results(group_dir, selection)
+        return {"rerlhf": realigned, "offline_vs_outcome": offline_vs_outcome(doc["rows"], realigned["rows"])}
 
     def markdown(self, doc: dict) -> list[str]:
         return render_policies(doc)

@@ -82,7 +82,7 @@ def build(group_dir: Path) -> dict:
         doc = assemble(selection, data, ok, failures)
         sections = sections_for(data.task)
         if sections is not None:
-            doc.update(sections.document(group_dir, selection))
+            doc.update(sections.document(group_dir, selection, doc))
         return doc
 
 

@@ -3,7 +3,8 @@
 A task lists an object in the entry-point group `irl_bench.report_sections` under its name (see pyproject.toml);
 the object has three methods, each given the leaderboard document:
 
-    document(group_dir, selection) -> dict   extra top-level keys, built from the stored run (JSON-ready)
+    document(group_dir, selection, doc) -> dict   extra top-level keys from the stored run and the generic
+                                                document (JSON-ready)
     markdown(doc) -> list[str]               Markdown lines placed after the failed trials
     html(doc) -> list[str]                   HTML parts (e.g. figures) placed after the generic figures
 """
@@ -17,7 +18,7 @@ from typing import Protocol
 
 
 class ReportSections(Protocol):
-    def document(self, group_dir: Path, selection) -> dict: ...
+    def document(self, group_dir: Path, selection, doc: dict) -> dict: ...
 
     def markdown(self, doc: dict) -> list[str]: ...
 
