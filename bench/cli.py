@@ -71,7 +71,38 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("a", type=Path, help="leaderboard JSON (leaderboards/<task>.json) or run group directory")
     compare.add_argument("b", type=Path, help="the same kind of input, for the other run")
     compare.add_argument("--metrics", default=None, help="NAME[,NAME...] (default: every metric)")
+
+    worlds = sub.add_parser("worlds", help="every method on every stress world (tuned per world) -> the matrix board")
+    worlds.add_argument("--task", default="synthetic", help="a task with world-* profiles")
+    worlds.add_argument("--worlds", default="all", help="all, or NAME[,NAME...] (see `bench ls profiles`: world-*)")
+    worlds.add_argument("--methods", default="bradley_terry,max_margin,failure_aware,random,oracle,implicit")
+    worlds.add_argument("--seeds", type=int, default=5, help="confirmation seeds per cell (0..N-1)")
+    worlds.add_argument("--tune-trials", type=int, default=10, help="configurations per trained method and world")
+    worlds.add_argument("--tune-seeds", type=int, default=2, help="tuning seeds per configuration (all completed)")
+    worlds.add_argument("--head", default="linear", help="the one reward head every trained method uses")
+    worlds.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    worlds.add_argument("--tuned-dir", type=Path, default=Path("tuned"))
+    worlds.add_argument("--leaderboards-dir", type=Path, default=None, help="default: RUNS_DIR/leaderboards")
+    worlds.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    worlds.add_argument("--rebuild", action="store_true", help="only rewrite the board from stored runs")
     return parser
+
+
+def cmd_worlds(args, console) -> int:
+    from bench.execution import worlds
+
+    request = worlds.WorldsRequest(
+        task=args.task, worlds=args.worlds, methods=args.methods, seeds=args.seeds, tune_trials=args.tune_trials,
+        tune_seeds=args.tune_seeds, head=args.head, runs_dir=args.runs_dir, tuned_dir=args.tuned_dir,
+        leaderboards_dir=args.leaderboards_dir, bootstrap=args.bootstrap)
+    if args.rebuild:
+        doc = worlds.rebuild(request, console=console)
+    else:
+        doc, seconds = worlds.run_worlds(request, console)
+        console.print(f"worlds matrix: {len(doc['worlds'])} worlds in {seconds / 60:.1f} min", highlight=False)
+    for h in doc["hypotheses"]:
+        console.print(f"{h['id']} {h['verdict']}: {h['claim']} ({h['world']})", highlight=False)
+    return 0
 
 
 def cmd_ls(args, console) -> int:
@@ -192,6 +223,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"ls": cmd_ls, "run": cmd_run, "sweep": cmd_sweep, "leaderboard": cmd_leaderboard,
                 "compare": cmd_compare, "publish": cmd_publish}
+    handlers["worlds"] = cmd_worlds
     try:
         return handlers[args.command](args, console)
     except (BadInput, RuntimeFailure) as exc:

@@ -13,6 +13,16 @@ R* falls below the `bad_quantile` quantile of R* over base-policy completions. P
 train / validation / test sets. Stressors: `label_noise` flips a share of training and validation pairs;
 `informative_pair_fraction` thins the pairs whose rejected completion is bad and chosen one is not (the
 "T→NT" pairs FA-IRL relies on) until they make up at most that share of the training pairs.
+
+World stressors (all off by default, and then left out of the artifact keys, so the older profiles' data and keys
+stay what they were): `interaction` subtracts γ·(Σ_t v[y_t])²/L, a squared "style" direction that no linear head
+over token counts can represent (the expert stays exact: proposals from the linear tilt, accepted with probability
+exp(penalty/β)); `reward_concentration` c maps θ to sign(θ)|θ|^(1+c), rescaled to θ's spread, so a few tokens carry
+most of the reward; `test_shift` moves the test prompts' base logits along a random direction (a covariate shift;
+validation stays in distribution); `pool_prompts` adds, for that many test prompts, a broad pool of completions from
+π₀, π_E and perturbed policies (sharper and reversed tilts, random reward directions, uniform tokens), whose R*
+goes into the truth artifact: distances over the data's support and off it. The `world-*` profiles are the
+worlds of `bench worlds` (bench/execution/worlds.py), each one stressor away from `world-clean`.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from bench.errors import BadInput
 from bench.registry import register_task
 from bench.storage.artifacts import ArtifactCache, atomic_write_json
 from bench.task import Profile, Task, split_fingerprints
+from tasks.synthetic_worlds import WORLD_BASE, WORLDS, concentrate, penalty_log_normaliser, pool, softmax
 
 
 @dataclass
@@ -46,10 +57,23 @@ class SyntheticConfig:
     label_noise: float = param(0.0, low=0.0, high=0.5, help="share of train/val pairs flipped")
     informative_pair_fraction: float = param(1.0, low=0.0, high=1.0, help="max share of bad→good training pairs")
     data_seed: int = param(0, low=0, high=2**31 - 1, help="seed of the world and its samples (not the fit seed)")
+    interaction: float = param(0.0, low=0.0, high=10.0, help="γ of the squared style penalty a linear head misses")
+    reward_concentration: float = param(0.0, low=0.0, high=5.0, help="c in θ ← sign(θ)|θ|^(1+c) (few tokens dominate)")
+    test_shift: float = param(0.0, low=0.0, high=10.0, help="shift of the test prompts' base logits (covariate shift)")
+    pool_prompts: int = param(0, low=0, high=100000, help="test prompts that get a broad pool of off-policy samples")
 
     def validate(self):
         if self.val_fraction + self.test_fraction >= 0.9:
             raise BadInput("val_fraction + test_fraction must stay below 0.9 so that training prompts remain.")
+
+
+# The stressors' neutral values: at these, a setting is left out of the artifact keys (see key_settings).
+NEUTRAL = {"interaction": 0.0, "reward_concentration": 0.0, "test_shift": 0.0, "pool_prompts": 0}
+
+
+def key_settings(cfg: SyntheticConfig) -> dict:
+    """The settings an artifact key hashes: every setting, less the stressors at their neutral values."""
+    return {k: v for k, v in configs.to_dict(cfg).items() if not (k in NEUTRAL and v == NEUTRAL[k])}
 
 
 class SyntheticWorld:
@@ -61,28 +85,56 @@ class SyntheticWorld:
         self.vocab = [f"w{i:0{len(str(cfg.vocab_size - 1))}d}" for i in range(cfg.vocab_size)]
         self.prompts = [f"prompt-{i:05d}" for i in range(cfg.n_prompts)]
         self.theta = rng.normal(0.0, cfg.reward_scale, cfg.vocab_size)
+        if cfg.reward_concentration > 0:
+            self.theta = concentrate(self.theta, cfg.reward_concentration)
         self.offsets = rng.normal(0.0, cfg.prompt_offset, cfg.n_prompts)
         logits = rng.normal(0.0, cfg.prompt_diversity, (cfg.n_prompts, cfg.vocab_size))
-        self.base_probs = _softmax(logits)
-        self.expert_probs = _softmax(logits + self.theta / cfg.beta)
+        self.logits = logits
+        self.base_probs = softmax(logits)
+        self.expert_probs = softmax(logits + self.theta / cfg.beta)
         self.rng = rng
+        # the stressors draw from their own streams, so the main sequence (and every older profile) is unchanged
+        self.style = np.random.default_rng([cfg.data_seed, 1]).normal(0.0, 1.0, cfg.vocab_size) \
+            if cfg.interaction > 0 else None
 
-    def sample(self, probs: np.ndarray) -> np.ndarray:
+    def sample(self, probs: np.ndarray, k: int | None = None, rng=None) -> np.ndarray:
         """Token ids, shape (k, L), drawn i.i.d. from one prompt's token distribution."""
-        k, length = self.cfg.completions_per_prompt, self.cfg.completion_length
-        return self.rng.choice(len(probs), size=(k, length), p=probs)
+        k, length = k or self.cfg.completions_per_prompt, self.cfg.completion_length
+        return (rng or self.rng).choice(len(probs), size=(k, length), p=probs)
+
+    def penalty(self, tokens: np.ndarray) -> np.ndarray:
+        """The non-linear part of R* of token rows (k, L): −γ·(Σ_t v[y_t])²/L (0 without interaction)."""
+        if self.style is None:
+            return np.zeros(len(tokens))
+        return -self.cfg.interaction * self.style[tokens].sum(axis=1) ** 2 / self.cfg.completion_length
+
+    def sample_expert(self, prompt_index: int, k: int | None = None, rng=None) -> np.ndarray:
+        """k exact draws of π_E ∝ π₀·exp(R*/β): token-wise from the linear tilt, then, with an interaction,
+        rejection with acceptance exp(penalty/β) ≤ 1 (exact, since the penalty is never positive)."""
+        probs = self.expert_probs[prompt_index]
+        if self.style is None:
+            return self.sample(probs, k, rng)
+        rng, k = rng or self.rng, k or self.cfg.completions_per_prompt
+        kept = []
+        while sum(len(b) for b in kept) < k:
+            proposal = self.sample(probs, k, rng)
+            kept.append(proposal[rng.random(k) < np.exp(self.penalty(proposal) / self.cfg.beta)])
+        return np.concatenate(kept)[:k]
+
+    def shift_prompts(self, prompt_indices: np.ndarray, amount: float) -> None:
+        """Move these prompts' base logits by amount·u (u a fixed random direction); both policies follow."""
+        direction = np.random.default_rng([self.cfg.data_seed, 2]).normal(0.0, 1.0, self.cfg.vocab_size)
+        self.logits[prompt_indices] += amount * direction
+        self.base_probs[prompt_indices] = softmax(self.logits[prompt_indices])
+        self.expert_probs[prompt_indices] = softmax(self.logits[prompt_indices] + self.theta / self.cfg.beta)
 
     def render(self, tokens: np.ndarray) -> str:
         return " ".join(self.vocab[t] for t in tokens)
 
     def reward(self, prompt_index: int, tokens: np.ndarray) -> float:
-        return float(self.theta[tokens].sum() + self.offsets[prompt_index])
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+        if self.style is None:
+            return float(self.theta[tokens].sum() + self.offsets[prompt_index])
+        return float(self.theta[tokens].sum() + self.offsets[prompt_index] + self.penalty(tokens[None])[0])
 
 
 @register_task("synthetic")
@@ -96,10 +148,11 @@ class Synthetic(Task):
             "the default world keeping at most 5% bad-to-good training pairs", {"informative_pair_fraction": 0.05}
         ),
         "tiny": Profile("60 prompts, for fast tests", {"n_prompts": 60, "vocab_size": 20, "completion_length": 8}),
+        **{f"world-{name}": Profile(text, {**WORLD_BASE, **settings}) for name, (text, settings) in WORLDS.items()},
     }
 
     def build(self, profile, cfg, cache: ArtifactCache, progress=None) -> TaskData:
-        inputs = {"task": self.name, "config": configs.to_dict(cfg)}
+        inputs = {"task": self.name, "config": key_settings(cfg)}
         generated = {}
 
         def generate():
@@ -114,44 +167,63 @@ class Synthetic(Task):
         policies = cache.get_or_build(
             "policies", inputs, lambda d: atomic_write_json(d / "policies.json", generate()["policies"], indent=None)
         )
+        artifacts = {"policies": policies.key}
+        if cfg.pool_prompts:
+            artifacts["pool"] = cache.get_or_build(
+                "pool", inputs, lambda d: atomic_write_json(d / "pool.json", generate()["pool"], indent=None)).key
         summary = cache.load("truth", truth.key).read_json("summary.json")
-        return TaskData(self.name, profile, str(cache.root), demos.key, truth.key, summary,
-                        artifacts={"policies": policies.key})
+        return TaskData(self.name, profile, str(cache.root), demos.key, truth.key, summary, artifacts=artifacts)
 
     def ground_truth(self, data: TaskData):
         params = ArtifactCache(data.cache_root).load("truth", data.truth_key).read_json("world.json")
-        return LinearTokenReward(params["vocab"], params["theta"], params["offsets"])
+        return LinearTokenReward(params["vocab"], params["theta"], params["offsets"], params.get("interaction"))
 
     def policies(self, data: TaskData) -> dict:
         params = ArtifactCache(data.cache_root).load("policies", data.artifacts["policies"]).read_json("policies.json")
-        return {role: TokenPolicy(params["vocab"], params["prompts"], params[role]) for role in ("base", "expert")}
+        return {role: TokenPolicy(params["vocab"], params["prompts"], params[role], params.get(f"{role}_penalty"))
+                for role in ("base", "expert")}
 
 
 class TokenPolicy:
-    """A product policy π(y|x) = Π_t p(y_t|x), exposing exact log-probabilities of completions."""
+    """A product policy π(y|x) = Π_t p(y_t|x), exposing exact log-probabilities of completions; with `penalty`
+    ({"style", "a", "log_normaliser"}) the product is reweighted by exp(−a·(Σ_t v[y_t])²) and renormalised per
+    prompt (the exact expert of the misspecified world)."""
 
-    def __init__(self, vocab: list[str], prompts: list[str], log_probs: list[list[float]]):
+    def __init__(self, vocab: list[str], prompts: list[str], log_probs: list[list[float]], penalty=None):
         self.index = {tok: i for i, tok in enumerate(vocab)}
         self.row = {p: i for i, p in enumerate(prompts)}
         self.log_probs = np.array(log_probs)
+        self.penalty = penalty
 
     def sum_logprobs(self, prompts, completions):
-        return np.array([sum(self.log_probs[self.row[p], self.index[t]] for t in c.split())
-                         for p, c in zip(prompts, completions)])
+        product = np.array([sum(self.log_probs[self.row[p], self.index[t]] for t in c.split())
+                            for p, c in zip(prompts, completions)])
+        if not self.penalty:
+            return product
+        v, lz = self.penalty["style"], self.penalty["log_normaliser"]
+        s = np.array([sum(v[self.index[t]] for t in c.split()) for c in completions])
+        return product - self.penalty["a"] * s**2 - np.array([lz[self.row[p]] for p in prompts])
 
 
 class LinearTokenReward:
-    """R*(x, y) = Σ_t θ[y_t] + c_x, scoring any text (unknown prompts get offset 0)."""
+    """R*(x, y) = Σ_t θ[y_t] + c_x, scoring any text (unknown prompts get offset 0); with `interaction`
+    ({"gamma", "style", "length"}) also − γ·(Σ_t v[y_t])²/L."""
 
-    def __init__(self, vocab: list[str], theta: list[float], offsets: dict[str, float]):
+    def __init__(self, vocab: list[str], theta: list[float], offsets: dict[str, float], interaction=None):
         self.weights = dict(zip(vocab, theta))
         self.offsets = offsets
+        self.interaction = interaction
+        self.style = dict(zip(vocab, interaction["style"])) if interaction else {}
 
     def score(self, prompts, completions):
-        return np.array(
+        linear = np.array(
             [sum(self.weights.get(t, 0.0) for t in c.split()) + self.offsets.get(p, 0.0)
              for p, c in zip(prompts, completions)]
         )
+        if not self.interaction:
+            return linear
+        style = np.array([sum(self.style.get(t, 0.0) for t in c.split()) for c in completions])
+        return linear - self.interaction["gamma"] * style**2 / self.interaction["length"]
 
 
 def _generate(cfg: SyntheticConfig) -> dict:
@@ -163,8 +235,10 @@ def _generate(cfg: SyntheticConfig) -> dict:
 
     samples = {}  # split -> list of (prompt index, expert token rows, base token rows)
     for split in ("train", "val", "test"):
+        if split == "test" and cfg.test_shift > 0:
+            world.shift_prompts(split_prompts["test"], cfg.test_shift)
         samples[split] = [
-            (p, world.sample(world.expert_probs[p]), world.sample(world.base_probs[p])) for p in split_prompts[split]
+            (p, world.sample_expert(p), world.sample(world.base_probs[p])) for p in split_prompts[split]
         ]
     base_rewards = [world.reward(p, y) for split in samples.values() for p, _, base in split for y in base]
     bad_threshold = float(np.quantile(base_rewards, cfg.bad_quantile))
@@ -212,9 +286,19 @@ def _generate(cfg: SyntheticConfig) -> dict:
         "offsets": {world.prompts[i]: float(c) for i, c in enumerate(world.offsets)},
         "beta": cfg.beta,
     }
+    if world.style is not None:
+        world_params["interaction"] = {"gamma": cfg.interaction, "style": world.style.tolist(),
+                                       "length": cfg.completion_length}
     policies = {"vocab": world.vocab, "prompts": world.prompts,
                 "base": np.log(world.base_probs).tolist(), "expert": np.log(world.expert_probs).tolist()}
-    return {"demos": demos, "truth": truth, "summary": summary, "world": world_params, "policies": policies}
+    if world.style is not None:
+        a = cfg.interaction / (cfg.completion_length * cfg.beta)
+        policies["expert_penalty"] = {"style": world.style.tolist(), "a": a, "log_normaliser": penalty_log_normaliser(
+            world.expert_probs, world.style, a, cfg.completion_length).tolist()}
+    generated = {"demos": demos, "truth": truth, "summary": summary, "world": world_params, "policies": policies}
+    if cfg.pool_prompts:
+        generated["pool"], generated["truth"]["pool"] = pool(world, split_prompts["test"][: cfg.pool_prompts])
+    return generated
 
 
 def _thin_informative(pairs, informative, max_share, rng):
@@ -230,5 +314,7 @@ def _thin_informative(pairs, informative, max_share, rng):
 def _write_truth(directory, generated: dict) -> None:
     truth = generated["truth"]
     atomic_write_json(directory / "truth.json", {s: truth[s] for s in ("val", "test")}, indent=None)
+    if "pool" in truth:
+        atomic_write_json(directory / "pool.json", truth["pool"], indent=None)
     atomic_write_json(directory / "summary.json", generated["summary"])
     atomic_write_json(directory / "world.json", generated["world"], indent=None)

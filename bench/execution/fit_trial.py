@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from bench import CODE_VERSION, registry
-from bench.data import TaskRef
+from bench.data import Completions, TaskRef
 from bench.kit.interface import FitContext
 from bench.kit.reward_models import RewardModel, make_encoder, make_head
 from bench.scoring.metrics import pair_accuracy
@@ -92,7 +92,7 @@ def run_trial(spec: TrialSpec, result_path: Path, report=None, splits=("val", "t
         reward, demos = fit_reward(spec, record)
         rewards = {}
         for split in splits:
-            items = demos.splits[split].items
+            items = demos.splits[split].items if split in demos.splits else extra_items(spec.task, split)
             scores = np.asarray(reward.score(items.prompts, items.texts), dtype=float)
             if scores.shape != (len(items),) or not np.all(np.isfinite(scores)):
                 raise FloatingPointError(f"{spec.method} produced non-finite or misshaped rewards on {split} items")
@@ -106,6 +106,14 @@ def run_trial(spec: TrialSpec, result_path: Path, report=None, splits=("val", "t
     payload.update(seconds=round(time.time() - started, 3), curve=curve[-200:])
     write_result(result_path, payload)
     return payload
+
+
+def extra_items(task: TaskRef, name: str) -> Completions:
+    """An item set beyond the demonstrations' splits that the task publishes as an artifact `name` with
+    `<name>.json` ({"prompt_ids", "prompts", "texts", "sources"}), e.g. the synthetic worlds' broad pool."""
+    if name not in task.artifacts:
+        raise KeyError(f"task data of {task.task}/{task.profile} has no item set {name!r}")
+    return Completions(**task.cache().load(name, task.artifacts[name]).read_json(f"{name}.json"))
 
 
 def run_fit_trial(spec: dict, result_path: Path) -> dict:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +56,12 @@ class SweepRequest:
     gpus_per_trial: float = 0.0
     resume: bool = False
     search_seed: int = 0
+    fixed: dict = field(default_factory=dict)  # settings held fixed (e.g. {"head": "linear"}); drawn, then overridden
 
 
-def sample_configs(method: str, n: int, seed: int) -> list[dict]:
-    """n configurations drawn from the method's declared search space; fields without a domain keep defaults."""
+def sample_configs(method: str, n: int, seed: int, fixed: dict | None = None) -> list[dict]:
+    """n configurations drawn from the method's declared search space; fields without a domain keep defaults.
+    `fixed` settings override the draws (drawn first, so the other values do not depend on what is fixed)."""
     cls = registry.methods()[method].Config
     space = configs.search_space(cls)
     rng = np.random.default_rng(seed)
@@ -67,7 +69,7 @@ def sample_configs(method: str, n: int, seed: int) -> list[dict]:
     drawn = []
     for _ in range(n):
         values = {name: _plain(domain.sample(random_state=rng)) for name, domain in sorted(space.items())}
-        drawn.append(configs.to_dict(configs.build(cls, {**defaults, **values}, owner=method)))
+        drawn.append(configs.to_dict(configs.build(cls, {**defaults, **values, **(fixed or {})}, owner=method)))
     return drawn
 
 
@@ -157,7 +159,7 @@ def sweep(req: SweepRequest, console) -> dict[str, dict]:
         fits_dir.mkdir(parents=True, exist_ok=True)
         records_dir.mkdir(parents=True, exist_ok=True)
         items = []
-        for cfg in sample_configs(method, req.trials, req.search_seed):
+        for cfg in sample_configs(method, req.trials, req.search_seed, req.fixed):
             cid = config_id(method, cfg, data.demos_key, seeds)
             items.append({"method": method, "config": cfg, "config_id": cid, "seeds": seeds,
                           "task": data.ref.to_json(), "fits_dir": str(fits_dir),
@@ -216,7 +218,8 @@ def freeze(method, task_name, req: SweepRequest, data, items, fits_dir: Path, wa
         "objective": {"metric": req.metric, "split": "val", "value": best["val_pair_accuracy"]},
         "tuning_seeds": best["seeds"],
         "search": {"space_seed": req.search_seed, "scheduler": req.scheduler,
-                   "space": sorted(configs.search_space(registry.methods()[method].Config))},
+                   "space": sorted(configs.search_space(registry.methods()[method].Config))}
+        | ({"fixed": req.fixed} if req.fixed else {}),
         "budget": {
             "configurations": len(items),
             "completed": len(complete),
