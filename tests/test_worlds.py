@@ -216,3 +216,41 @@ def test_bad_worlds_requests_name_the_fix(tmp_path):
         validate(WorldsRequest(task="detox", runs_dir=tmp_path))
     with pytest.raises(BadInput, match="head"):
         validate(WorldsRequest(head="transformer", runs_dir=tmp_path))
+
+
+def _rendered_column(world, shift):
+    cell = lambda v, standing="": {"mean": v, "ci": [v - 0.01, v + 0.01], "standing": standing}  # noqa: E731
+    methods = {m: {"starc": cell(0.1 + k * 0.05 + shift, "best" if k == 0 else ""), "roc_auc": cell(0.9 - k * 0.01),
+                   "pool_starc": cell(0.2 + k * 0.05), "seed_ambiguity": cell(0.001 * k, "tied" if k else "best")}
+               for k, m in enumerate(["bradley_terry", "failure_aware", "max_margin"])}
+    tuning = {"source": "tuned/x.json", "budget": {"completed": 10, "configurations": 10, "cpu_hours": 0.01},
+              "objective": {"value": 0.8}, "tuning_seeds": [1000, 1001]}
+    column = _column(world, 0.05, 0.01)
+    column.update(stresses=f"{world} stress", data={"train_pairs": 10, "test_items": 20, "bad_test_items": 3,
+                                                    "pool_items": 5},
+                  linear_floor=0.3, methods=methods, tuning={m: tuning for m in methods},
+                  configs={m: {"head": "linear", "lr": 0.01, "epochs": 20} for m in methods},
+                  coverage={"order_test": ["bradley_terry", "failure_aware"], "agree": shift == 0,
+                            "order_pool": ["bradley_terry", "failure_aware"][:: 1 if shift == 0 else -1],
+                            "bradley_terry": {"diff": 0.1, "ci": [0.05, 0.15]}})
+    return column
+
+
+def test_board_renders_every_table_and_the_heat_map():
+    from bench.reporting.worlds import verdicts
+    from bench.reporting.worlds_render import render_html, render_markdown
+
+    doc = {"task": "synthetic", "worlds": [_rendered_column("clean", 0.0), _rendered_column("misspecified", 0.3)],
+           "conventions": {"alpha": 0.05, "starc_null": "√2", "differences": "paired", "coverage": "pool − test",
+                           "linear_floor": "least squares"}}
+    doc["hypotheses"] = verdicts(doc)
+    markdown = render_markdown(doc)
+    for heading in ("## Worlds", "## STARC to R* on test items ↓", "## ROC-AUC on test items ↑", "## Coverage",
+                    "## Paired differences", "## Pre-stated hypotheses", "## Tuning record"):
+        assert heading in markdown
+    # floor 0.3 lies below every STARC CI of misspecified
+    assert "| misspecified | **supported** |" in markdown.split("| H11 |")[1].split("\n")[0]
+    assert "**0.100 [0.090, 0.110]**" in markdown and "0.001 [-0.009, 0.011] ≈" in markdown
+    assert "| orders agree | yes | **no** |" in markdown
+    page = render_html(doc)
+    assert page.count("<table>") == markdown.count("\n## ") and "data:image/png;base64," in page
