@@ -96,6 +96,38 @@ def test_batch_normalised_reward_zscores_then_scales():
         realign.BatchNormalisedReward(Recorder([1.0, np.nan]))(["p", "p"], ["a", "b"])
 
 
+class TextReward:
+    """A fixed reward per completion text."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def score(self, prompts, completions):
+        return np.array([self.table[c] for c in completions], dtype=float)
+
+
+def test_affine_normalisation_undoes_a_known_affine_map():
+    """r̂ = a·R* + b, calibrated on π₀'s reference samples with R*'s spread there as the scale, is R* up to one
+    constant on every batch, whatever a > 0 and b; per-batch z-scoring instead rescales each batch differently."""
+    rng = np.random.default_rng(0)
+    texts = [f"t{i}" for i in range(60)]
+    r_star = dict(zip(texts, -rng.beta(1, 8, 60)))  # like −P(toxic): mostly near 0, a few toxic
+    reference = ([""] * 40, texts[:40])
+    scale = float(np.std([r_star[t] for t in texts[:40]]))
+    expected_shift = float(np.mean([r_star[t] for t in texts[:40]]))
+    for a, b in ((1.0, 0.0), (7.5, -3.0), (0.01, 100.0)):
+        r_hat = TextReward({t: a * v + b for t, v in r_star.items()})
+        affine = realign.AffineNormalisedReward(r_hat, reference, scale)
+        for batch in (texts[40:48], texts[48:60]):
+            got = affine([""] * len(batch), batch)
+            np.testing.assert_allclose(got, [r_star[t] - expected_shift for t in batch], atol=1e-9)
+    batch = texts[40:48]
+    per_batch = realign.BatchNormalisedReward(TextReward(r_star), scale)([""] * 8, batch)
+    assert np.std(per_batch) == pytest.approx(scale)  # every batch gets the global spread: within-batch inflated
+    assert np.std([r_star[t] for t in batch]) < scale
+    assert affine.describe()["kind"].startswith("affine")
+
+
 MARKER = "the"
 
 

@@ -23,6 +23,10 @@ from bench.scoring.metrics import pair_accuracy
 from bench.storage.artifacts import content_hash
 from bench.storage.results import failures_recorded, write_result
 
+# An item set of held-out completions that the runner (never a method) scores by default when the task has one
+# (`extra_items`; the detox task's judged evaluation samples, tasks/detox/pool.py).
+POOL = "pool"
+
 
 @dataclass(frozen=True)
 class TrialSpec:
@@ -32,12 +36,21 @@ class TrialSpec:
     task: TaskRef
 
     @property
-    def trial_id(self) -> str:
+    def fit_id(self) -> str:
+        """What the fitted reward depends on (demonstrations, method, config, seed, code): re-alignment and sweeps
+        key on it."""
         return content_hash(
             {"demos": self.task.demos_key, "method": self.method, "config": self.config, "seed": self.seed,
              "code_version": CODE_VERSION},
             length=16,
         )
+
+    @property
+    def trial_id(self) -> str:
+        """What the result file holds: the fit's scores on val/test items, and on the held-out pool when the task
+        has one (a result scored on a pool must not be mistaken for one without it)."""
+        pool = self.task.artifacts.get(POOL)
+        return self.fit_id if pool is None else content_hash({"fit": self.fit_id, "pool": pool}, length=16)
 
     def to_json(self) -> dict:
         return {"method": self.method, "config": self.config, "seed": self.seed, "task": self.task.to_json()}
@@ -63,8 +76,11 @@ def fit_reward(spec: TrialSpec, record=None):
     demos = spec.task.demos()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cache = spec.task.cache()
-    encoder = make_encoder({k: cache.locate(v) if k in ("model", "features_dir") else v
-                            for k, v in demos.encoder.items()})
+    encoder_spec = {k: cache.locate(v) if k in ("model", "features_dir") else v for k, v in demos.encoder.items()}
+    if "pool_features" in spec.task.artifacts:  # the pool's texts are looked up, not re-encoded, when scored
+        pool_features = cache.load("pool_features", spec.task.artifacts["pool_features"])
+        encoder_spec["extra_features_dirs"] = [str(pool_features.path)]
+    encoder = make_encoder(encoder_spec)
     model = RewardModel(encoder, make_head("linear", encoder.dim)).to(device)
     ctx = FitContext(seed=spec.seed, device=device, val=demos.splits["val"].preference_pairs,
                      report=record or (lambda **metrics: None))
@@ -75,13 +91,16 @@ def fit_reward(spec: TrialSpec, record=None):
     return method.fit(demos.splits["train"].preference_pairs, model, cfg, ctx), demos
 
 
-def run_trial(spec: TrialSpec, result_path: Path, report=None, splits=("val", "test")) -> dict:
-    """Fit one method, score its recovered reward on the items of `splits`, write the result file.
-    Sweeps pass splits=("val",): tuning never computes a test score."""
+def run_trial(spec: TrialSpec, result_path: Path, report=None, splits=None) -> dict:
+    """Fit one method, score its recovered reward on the items of `splits` (default: val, test and the held-out
+    pool when the task has one), write the result file. Sweeps pass splits=("val",): tuning never computes a test
+    score."""
+    splits = splits or ("val", "test") + ((POOL,) if POOL in spec.task.artifacts else ())
     started = time.time()
     curve: list[dict] = []
-    payload = {"trial_id": spec.trial_id, "method": spec.method, "config": spec.config, "seed": spec.seed,
-               "task": spec.task.task, "profile": spec.task.profile, "demos_key": spec.task.demos_key}
+    payload = {"trial_id": spec.trial_id if POOL in splits else spec.fit_id, "method": spec.method,
+               "config": spec.config, "seed": spec.seed, "task": spec.task.task, "profile": spec.task.profile,
+               "demos_key": spec.task.demos_key}
 
     def record(**metrics):
         curve.append(metrics)

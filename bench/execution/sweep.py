@@ -88,7 +88,7 @@ def _sweep_trainable(config: dict) -> None:
     accuracies = []
     for seed in item["seeds"]:
         spec = TrialSpec(item["method"], item["config"], seed, TaskRef.from_json(item["task"]))
-        path = Path(item["fits_dir"]) / f"{spec.trial_id}.json"
+        path = Path(item["fits_dir"]) / f"{spec.fit_id}.json"
         result = read_result(path)
         if result is None or result["status"] != "ok":
             result = run_trial(spec, path, splits=("val",))

@@ -175,8 +175,10 @@ class FrozenLMFeatures:
 
     Spec: {"type": "frozen_lm", "model": hub id or HF directory, "dim": hidden size, "max_length": int,
     "features_dir": directory with features.npy (float32 rows), keys.json (their `text_key`s) and
-    standardise.json ({"mean": [...], "std": [...]})}. Texts found in the table cost a lookup; any other text is
-    encoded with the backbone, loaded on first need.
+    standardise.json ({"mean": [...], "std": [...]})}, optionally "extra_features_dirs": more tables of the same
+    backbone (features.npy + keys.json, e.g. a held-out pool the scorer reads; the main table's standardisation
+    applies). Texts found in a table cost a lookup; any other text is encoded with the backbone, loaded on first
+    need.
 
     Not yet here (future work, for GPUs): an encoder whose last k backbone layers train with the head, as in the
     papers' reward models; it would be an `nn.Module` encoder registered the same way."""
@@ -199,6 +201,11 @@ class FrozenLMFeatures:
             self.std = np.asarray(spec["std"], dtype=np.float32)
         else:
             self.mean, self.std = np.zeros(self.dim, np.float32), np.ones(self.dim, np.float32)
+        for extra in spec.get("extra_features_dirs", []):
+            keys = json.loads((Path(extra) / "keys.json").read_text())
+            offset = len(self.table)
+            self.table = np.concatenate([self.table, np.load(Path(extra) / "features.npy")])
+            self.rows.update({k: offset + i for i, k in enumerate(keys) if k not in self.rows})
 
     @functools.cached_property
     def backbone(self):

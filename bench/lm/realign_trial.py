@@ -70,19 +70,22 @@ class RealignSetup:
 class RealignSpec:
     fit: TrialSpec
     mode: str  # "rloo", "grpo" (best-of-n and re-RLHF) or "bon" (best-of-n only)
+    normalisation: str = "batch"  # bench/lm/realign.py NORMALISATIONS
 
     @property
     def trial_id(self) -> str:
-        return content_hash({"fit": self.fit.trial_id, "mode": self.mode,
-                             "setup": self.fit.task.artifacts.get("rerlhf"), "code_version": CODE_VERSION},
-                            length=16)
+        identity = {"fit": self.fit.fit_id, "mode": self.mode, "setup": self.fit.task.artifacts.get("rerlhf"),
+                    "code_version": CODE_VERSION}
+        if self.normalisation != "batch":  # the published runs' ids predate the choice
+            identity["normalisation"] = self.normalisation
+        return content_hash(identity, length=16)
 
     def to_json(self) -> dict:
-        return {"fit": self.fit.to_json(), "mode": self.mode}
+        return {"fit": self.fit.to_json(), "mode": self.mode, "normalisation": self.normalisation}
 
     @classmethod
     def from_json(cls, obj: dict) -> "RealignSpec":
-        return cls(TrialSpec.from_json(obj["fit"]), obj["mode"])
+        return cls(TrialSpec.from_json(obj["fit"]), obj["mode"], obj.get("normalisation", "batch"))
 
 
 def run_realign_trial(spec: RealignSpec, result_path: Path, progress=None) -> dict:
@@ -91,9 +94,9 @@ def run_realign_trial(spec: RealignSpec, result_path: Path, progress=None) -> di
     started = time.time()
     fit = spec.fit
     payload = {"trial_id": spec.trial_id, "method": fit.method, "config": fit.config, "seed": fit.seed,
-               "mode": spec.mode, "fit_trial_id": fit.trial_id}
+               "mode": spec.mode, "fit_trial_id": fit.fit_id, "normalisation": spec.normalisation}
     with failures_recorded(payload):
-        reward, _ = fit_reward(fit)
+        reward, demos = fit_reward(fit)
         cache = fit.task.cache()
         setup = RealignSetup.from_json(cache.load("rerlhf_setup", fit.task.artifacts["rerlhf"]).read_json(SETUP_FILE))
         base_dir = cache.locate(setup.base_dir)
@@ -108,10 +111,15 @@ def run_realign_trial(spec: RealignSpec, result_path: Path, progress=None) -> di
 
         if spec.mode in ("rloo", "grpo"):
             clock = time.time()
-            recipe = rlhf.recipe_from({**setup.recipe, "algorithm": spec.mode})
+            # Each fit seed gets its own RL seed (seed 0 keeps the expert's), so seeds vary both sources of noise.
+            recipe = rlhf.recipe_from({**setup.recipe, "algorithm": spec.mode,
+                                       "seed": setup.recipe["seed"] + fit.seed})
             identity = {"method": fit.method, "config": fit.config, "seed": fit.seed, "demos": fit.task.demos_key}
+            train = demos.splits["train"].items
+            reference = ([p for p, s in zip(train.prompts, train.sources) if s == "base"],
+                         [t for t, s in zip(train.texts, train.sources) if s == "base"])
             trained = realign.realign(base_dir, setup.base_identity, reward, identity, setup.train_prompts, recipe,
-                                      cache, setup.reward_scale, progress)
+                                      cache, setup.reward_scale, progress, spec.normalisation, reference)
             timing["realign"], clock = round(time.time() - clock, 2), time.time()
             judges = {name: (judge_spec, lambda s=judge_spec: make_judge(s, cache))
                       for name, judge_spec in setup.judges.items()}
@@ -156,8 +164,14 @@ class Realignment:
             raise BadInput(f"--rerlhf {mode!r} is not a re-alignment mode; choose one of {', '.join(MODES)}.")
         return getattr(task_config, "rl_algorithm", "rloo") if mode == "auto" else mode
 
-    def spec(self, fit: TrialSpec, mode: str) -> RealignSpec:
-        return RealignSpec(fit, mode)
+    def check_normalisation(self, normalisation: str) -> None:
+        if normalisation not in realign.NORMALISATIONS:
+            raise BadInput(f"--rerlhf-normalisation {normalisation!r} is unknown; choose one of "
+                           f"{', '.join(realign.NORMALISATIONS)}.")
+
+    def spec(self, fit: TrialSpec, mode: str, normalisation: str = "batch") -> RealignSpec:
+        self.check_normalisation(normalisation)
+        return RealignSpec(fit, mode, normalisation)
 
     def describe(self, mode: str) -> str:
         return "best-of-n trials" if mode == "bon" else f"re-alignment trials ({mode.upper()} + best-of-n)"

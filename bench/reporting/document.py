@@ -26,6 +26,7 @@ from bench.scoring.scorer import (
     PER_SEED,
     TOP_METHOD,
     data_counts,
+    primary_split,
     scatter_sample,
     score_methods,
 )
@@ -88,8 +89,9 @@ def build(group_dir: Path) -> dict:
 
 def assemble(selection: Selection, data: TaskData, ok: dict[str, list[dict]], failures: dict[str, list[dict]]) -> dict:
     """The leaderboard document from a run's selection and its trial results (see load_trials)."""
-    n_boot = selection.bootstrap["resamples"]
-    scored = score_methods(ok, data, n_boot=n_boot, seed=selection.bootstrap["seed"])
+    n_boot, seed = selection.bootstrap["resamples"], selection.bootstrap["seed"]
+    split = primary_split(ok, data)
+    scored = score_methods(ok, data, n_boot=n_boot, seed=seed, split=split)
     rows = []
     for method, entry in selection.methods.items():
         s = scored.get(method, {"n_seeds": 0, "seeds": [], "per_seed": {}, "metrics": {}, "comparison": {},
@@ -110,7 +112,13 @@ def assemble(selection: Selection, data: TaskData, ok: dict[str, list[dict]], fa
         })
     rows.sort(key=lambda r: (r["metrics"].get(PRIMARY, {}).get("mean") is None,
                              -(r["metrics"].get(PRIMARY, {}).get("mean") or 0.0), r["method"]))
-    return {
+    extra = {}
+    if split != "test":  # the methods' original test items stay available beside the larger pool
+        on_test = score_methods(ok, data, n_boot=n_boot, seed=seed, split="test")
+        extra["test_split"] = {"data": data_counts(data, "test"),
+                               "rows": {m: {"n_seeds": s["n_seeds"], "metrics": s["metrics"],
+                                            "comparison": s["comparison"]} for m, s in on_test.items()}}
+    return extra | {
         "schema_version": SCHEMA_VERSION,
         "task": data.task,
         "profile": data.profile,
@@ -126,7 +134,8 @@ def assemble(selection: Selection, data: TaskData, ok: dict[str, list[dict]], fa
             "mde": "minimum detectable difference at 80% power: 2.80 × the bootstrap SE of the paired difference",
             "improvement": "P(method > reference) over pairs of seeds, ties ½, CI from resampling seeds",
         },
-        "data": data_counts(data),
+        "scored_split": split,
+        "data": data_counts(data, split),
         "normalisation": {"null": NULL_METHOD, "top": TOP_METHOD, "metrics": PER_SEED,
                           "available": NULL_METHOD in scored and TOP_METHOD in scored},
         "figures": {"scatter": scatter_sample(ok, data)},

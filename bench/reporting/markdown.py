@@ -35,13 +35,39 @@ def tie_legend(doc: dict) -> str:
             f"methods compared (corrected p ≥ {doc['comparisons']['alpha']}).")
 
 
+def scored_on(doc: dict) -> str:
+    if doc.get("scored_split") == "pool":
+        return ("the held-out pool: every judged completion of π_E and π₀ on the evaluation prompts (the test split "
+                "plus prompts no policy trained on and no method or sweep saw) and the best-of-n pool of π₀ samples, "
+                "with (π_E, π₀) sample pairs per prompt")
+    return "held-out test items"
+
+
+def test_split_lines(doc: dict) -> list[str]:
+    """The methods' original test items, when the main table scores a larger held-out pool."""
+    block = doc.get("test_split")
+    if not block:
+        return []
+    shown = ["roc_auc", "average_precision", "pair_accuracy", "f1", "centred_pearson", "starc"]
+    d = block["data"]
+    lines = ["", "## On the test split only", "",
+             f"The {d['test_items']} completions of the {d['test_prompts']} test-split prompts ({d['bad_test_items']} "
+             f"bad under R*), as scored before the held-out pool existed; same bootstrap.", "",
+             "| method | " + " | ".join(HEADINGS[m] for m in shown) + " |", "|---|" + "---|" * len(shown)]
+    for r in doc["rows"]:
+        s = block["rows"].get(r["method"])
+        if s:
+            lines.append(f"| {r['method']} | " + " | ".join(format_estimate(s["metrics"].get(m)) for m in shown) + " |")
+    return lines
+
+
 def data_line(doc: dict) -> str:
     d = doc.get("data")
     if not d:
         return ""
-    return (f"Data: {d['train_pairs']} training pairs; scored on {d['test_items']} test completions of "
+    return (f"Data: {d['train_pairs']} training pairs; scored on {d['test_items']} held-out completions of "
             f"{d['test_prompts']} prompts, {d['bad_test_items']} of them bad under R* "
-            f"({d['test_pairs']} test pairs).")
+            f"({d['test_pairs']} pairs).")
 
 
 def power_lines(doc: dict) -> list[str]:
@@ -77,7 +103,8 @@ def render_markdown(doc: dict, sections: ReportSections | None = None) -> str:
     lines = [
         f"# Leaderboard: `{doc['task']}` (profile `{doc['profile']}`)",
         "",
-        f"Mean over seeds on held-out test items, with a 95% CI from a two-level bootstrap over seeds × test prompts "
+        f"Mean over seeds on {scored_on(doc)}, with a 95% CI from a two-level bootstrap over seeds × "
+        f"{'test ' if doc.get('scored_split', 'test') == 'test' else ''}prompts "
         f"({doc['bootstrap']['resamples']} resamples, seed {doc['bootstrap']['seed']}). Rows sorted by ROC-AUC.",
         "",
         tie_legend(doc),
@@ -95,6 +122,7 @@ def render_markdown(doc: dict, sections: ReportSections | None = None) -> str:
             seeds += f" ({len(r['failures'])} failed)"
         lines.append(f"| {r['method']} | {seeds} | " + " | ".join(cells) + " |")
     lines += power_lines(doc)
+    lines += test_split_lines(doc)
     norm = doc["normalisation"]
     if norm["available"]:
         shown = [m for m in COLUMNS if m in norm["metrics"]]

@@ -59,10 +59,21 @@ class EvalSet:
     bad: np.ndarray  # label 1 = bad
 
 
+POOL_TRUTH = "pool_truth"  # artifact of a task's held-out pool: {"reward", "label", "pairs"} per pool item
+
+
 def load_eval_sets(data: TaskData) -> dict[str, EvalSet]:
+    """val and test items with R*; plus "pool", the task's held-out pool, when it has one (tasks/detox/pool.py)."""
     demos = data.demos()
-    truth = ArtifactCache(data.cache_root).load("truth", data.truth_key).read_json("truth.json")
+    cache = ArtifactCache(data.cache_root)
+    truth = cache.load("truth", data.truth_key).read_json("truth.json")
     sets = {}
+    if POOL_TRUTH in data.artifacts:
+        pool = cache.load("heldout_pool_truth", data.artifacts[POOL_TRUTH]).read_json("truth.json")
+        pool_items = cache.load("pool", data.artifacts["pool"]).read_json("pool.json")
+        sets["pool"] = EvalSet(prompt_ids=np.array(pool_items["prompt_ids"]),
+                               pairs=np.array(pool["pairs"], dtype=int).reshape(-1, 2),
+                               reward=np.array(pool["reward"], dtype=float), bad=np.array(pool["label"], dtype=bool))
     for split in ("val", "test"):
         s = demos.splits[split]
         sets[split] = EvalSet(
@@ -109,13 +120,13 @@ REFERENCE_METHOD = "bradley_terry"  # P(method > reference) is reported against 
 
 
 def bootstrap_replicates(
-    trials_by_method: dict[str, list[dict]], data: TaskData, *, n_boot: int = 1000, seed: int = 0
+    trials_by_method: dict[str, list[dict]], data: TaskData, *, n_boot: int = 1000, seed: int = 0, split: str = "test"
 ) -> dict[str, dict]:
     """Per method: {"n_seeds", "seeds", "per_seed": {metric: [value per seed]}, "point": {metric: float},
     "replicates": {metric: (B,) array}}. One set of prompt weights and seed draws serves every method, so the
     replicates of two methods are paired (see bench.scoring.bootstrap); keys of trials_by_method can be any hashable."""
     sets = load_eval_sets(data)
-    val, test = sets["val"], sets["test"]
+    val, test = sets["val"], sets[split]
     items = Items(prompt=test.prompt_ids, pairs=test.pairs, truth=test.reward, bad=test.bad)
     rng = np.random.default_rng(seed)
     boot = Bootstrap(items, prompt_weights(items.n_prompts, n_boot, rng))
@@ -126,7 +137,7 @@ def bootstrap_replicates(
     for method, trials in trials_by_method.items():
         trials = sorted(trials, key=lambda t: t["seed"])
         n = len(trials)
-        rewards = [np.array(t["rewards"]["test"]) for t in trials]
+        rewards = [np.array(t["rewards"][split]) for t in trials]
         thresholds = [M.best_threshold(np.array(t["rewards"]["val"]), val.bad) for t in trials]
         per_seed = [seed_metrics(boot, r, th) for r, th in zip(rewards, thresholds)]
         seed_counts = seed_resample_counts(seed_uniforms, n)
@@ -147,13 +158,13 @@ def bootstrap_replicates(
 
 
 def score_methods(
-    trials_by_method: dict[str, list[dict]], data: TaskData, *, n_boot: int = 1000, seed: int = 0
+    trials_by_method: dict[str, list[dict]], data: TaskData, *, n_boot: int = 1000, seed: int = 0, split: str = "test"
 ) -> dict[str, dict]:
     """{method: {"n_seeds", "seeds", "per_seed": {metric: [...]}, "metrics": {metric: {"mean", "ci"}},
     "comparison": {metric: paired comparison with the best method, see bootstrap.compare_to_best},
     "normalised": {metric: {"mean", "ci"}} (only when both `random` and `oracle` were scored),
     "improvement": {metric: P(method > REFERENCE_METHOD) over seeds, with CI} (when the reference was scored)}}."""
-    raw = bootstrap_replicates(trials_by_method, data, n_boot=n_boot, seed=seed)
+    raw = bootstrap_replicates(trials_by_method, data, n_boot=n_boot, seed=seed, split=split)
     comparisons = {
         m: compare_to_best({k: r["point"][m] for k, r in raw.items()}, {k: r["replicates"][m] for k, r in raw.items()},
                            METRICS[m][0])
@@ -193,9 +204,16 @@ def score_methods(
     return scored
 
 
-def data_counts(data: TaskData) -> dict:
-    """The sizes a reader needs to judge the power of the test set."""
-    demos, test = data.demos(), load_eval_sets(data)["test"]
+def primary_split(trials_by_method: dict[str, list[dict]], data: TaskData) -> str:
+    """"pool" when the task has a held-out pool and every finished trial scored it, else "test"."""
+    trials = [t for ts in trials_by_method.values() for t in ts]
+    scored = POOL_TRUTH in data.artifacts and trials and all("pool" in t["rewards"] for t in trials)
+    return "pool" if scored else "test"
+
+
+def data_counts(data: TaskData, split: str = "test") -> dict:
+    """The sizes a reader needs to judge the power of the scored set."""
+    demos, test = data.demos(), load_eval_sets(data)[split]
     return {"train_pairs": len(demos.splits["train"].pairs), "test_items": len(test.reward),
             "bad_test_items": int(test.bad.sum()), "test_prompts": int(test.prompt_ids.max()) + 1,
             "test_pairs": len(test.pairs)}

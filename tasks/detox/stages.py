@@ -44,6 +44,7 @@ class Build:
     expert_info: dict = field(default_factory=dict)
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     backbone_dir: str = ""  # the frozen LM whose features the reward heads read
+    backbone_identity: dict = field(default_factory=dict)
     eval_prompts: list[str] = field(default_factory=list)
 
     @functools.cached_property
@@ -151,10 +152,11 @@ def samples(b: Build) -> None:
 def features(b: Build) -> None:
     """Frozen-backbone features of every completion, so reward heads train in seconds."""
     cfg = b.cfg
-    b.backbone_dir, identity = {"base": b.base, "expert": b.expert}.get(
+    b.backbone_dir, b.backbone_identity = {"base": b.base, "expert": b.expert}.get(
         cfg.feature_backbone, (cfg.feature_backbone, {"model": cfg.feature_backbone}))
     loaded = cfg.feature_backbone in ("base", "expert")  # reuse the policy already in memory
-    inputs = {"backbone": identity, "samples": b.artifacts["samples"].key, "max_length": cfg.feature_max_length,
+    inputs = {"backbone": b.backbone_identity, "samples": b.artifacts["samples"].key,
+              "max_length": cfg.feature_max_length,
               "pooling": "mean_last_hidden"}
     b.artifacts["features"] = b.cache.get_or_build("lm_features", inputs, lambda d: write_features(
         d, b.artifacts["samples"].read_json("samples.json"), b.backbone_dir, b.policies if loaded else None, cfg,

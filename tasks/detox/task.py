@@ -13,10 +13,11 @@ from bench.storage.artifacts import ArtifactCache
 from bench.task import Task
 from tasks.detox import stages
 from tasks.detox.config import PROFILES, DetoxConfig
+from tasks.detox.pool import heldout_pool
 from tasks.detox.summary import task_summary
 
 STAGES = (stages.prompts, stages.base_model, stages.expert, stages.samples, stages.features, stages.demos,
-          stages.truth, stages.policy_record, stages.evaluations, stages.realign_setup)
+          stages.truth, stages.policy_record, stages.evaluations, stages.realign_setup, heldout_pool)
 
 
 @register_task("detox")
@@ -35,7 +36,9 @@ class Detox(Task):
         art = build.artifacts
         return TaskData(self.name, profile, str(cache.root), art["demos"].key, art["truth"].key, task_summary(build),
                         artifacts={"policies": art["policies"].key, "samples": art["samples"].key,
-                                   "features": art["features"].key, "rerlhf": art["rerlhf"].key})
+                                   "features": art["features"].key, "rerlhf": art["rerlhf"].key,
+                                   "pool": art["pool"].key, "pool_truth": art["pool_truth"].key,
+                                   "pool_features": art["pool_features"].key})
 
     def ground_truth(self, data: TaskRef) -> JudgeReward:
         cache = ArtifactCache(data.cache_root)
