@@ -101,11 +101,12 @@ class FailureAware(IRLMethod):
         )
         # 2. curriculum over failures found by the current reward
         trainable = list(correction.parameters()) + (list(base.parameters()) if cfg.train_base else [])
+        with torch.no_grad():
+            warm = margins(model, train_pairs)
         for stage in range(1, cfg.stages + 1):
             with torch.no_grad():
                 d_all = margins(model, train_pairs)
             in_stage, delta = curriculum(d_all, cfg.tie_quantile, stage, cfg.stages)
-            ctx.report(stage=f"curriculum-{stage}", failures=int(in_stage.sum()), near_tie_threshold=delta)
 
             def failure_loss(d, delta=delta):
                 if cfg.base_objective == "bradley_terry":
@@ -116,8 +117,29 @@ class FailureAware(IRLMethod):
                 weight = cfg.failure_weight * in_stage[idx].to(d.dtype)
                 return (standard_loss(d) + weight * failure_loss(d)).mean()
 
+            with torch.no_grad():  # what the failure mechanism is doing at this stage (see the leaderboard)
+                weighted = cfg.failure_weight * in_stage.to(d_all.dtype) * failure_loss(d_all)
+                ctx.report(diagnostic=f"stage {stage}", failures=int(in_stage.sum()),
+                           misclassified=int((in_stage & (d_all < 0)).sum()),
+                           near_ties=int((in_stage & (d_all >= 0)).sum()), near_tie_threshold=delta,
+                           failure_loss_share=float(weighted.sum() / (standard_loss(d_all).sum() + weighted.sum())),
+                           correction_scale=cfg.correction_scale)
+
             train_pairwise(
                 model, loss, train_pairs, val_pairs, cfg, ctx,
                 parameters=trainable, project=bound_paths, stage=f"curriculum-{stage}", epochs=cfg.stage_epochs,
             )
+        with torch.no_grad():
+            final = margins(model, train_pairs)
+        ctx.report(diagnostic="after the curriculum", **moved_from(warm, final))
         return model
+
+
+def moved_from(warm: torch.Tensor, final: torch.Tensor) -> dict:
+    """How far the curriculum moved r̂ from the warm start, on the training pairs' margins: 1 − their Pearson
+    correlation (0: only rescaled) and the relative L2 change; and how many pairs it flipped each way."""
+    w, f = warm - warm.mean(), final - final.mean()
+    corr = float((w * f).sum() / (w.norm() * f.norm())) if w.norm() > 0 and f.norm() > 0 else 1.0
+    return {"margin_decorrelation": 1.0 - corr,
+            "margin_relative_change": float((final - warm).norm() / warm.norm()) if warm.norm() > 0 else 0.0,
+            "fixed_pairs": int(((warm < 0) & (final > 0)).sum()), "broken_pairs": int(((warm > 0) & (final < 0)).sum())}

@@ -169,3 +169,31 @@ def test_failing_and_nan_methods_are_recorded_as_failed(extra_methods, synthetic
     nan = run_trial(TrialSpec("_nan", {}, 0, data.ref), tmp_path / "b.json")
     assert nan["status"] == "failed" and "non-finite" in nan["error"]
     assert read_result(tmp_path / "b.json")["status"] == "failed"
+
+
+def test_failure_aware_with_alpha_zero_is_its_base_objective(synthetic_tiny, tmp_path):
+    """α = 0 switches the correction path off: the reward is then the warm-started base path, which is exactly
+    Bradley–Terry trained for the same epochs (same initialisation, same batches). Tolerance 1e-6: the two runs
+    execute the same floating-point operations on the base path."""
+    _, data = synthetic_tiny
+    bt = fit("bradley_terry", data, tmp_path, epochs=30, patience=30)
+    fa_cfg = C.to_dict(C.build(registry.methods()["failure_aware"].Config, {"warmup_epochs": 30, "patience": 30}))
+    fa_cfg["correction_scale"] = 0.0  # below the searchable range on purpose: the ablation limit α → 0
+    result = run_trial(TrialSpec("failure_aware", fa_cfg, 0, data.ref), tmp_path / "fa0.json")
+    assert result["status"] == "ok", result.get("error")
+    np.testing.assert_allclose(result["rewards"]["test"], bt["rewards"]["test"], atol=1e-6)
+    after = result["diagnostics"][-1]
+    assert after["diagnostic"] == "after the curriculum" and after["margin_relative_change"] == pytest.approx(0.0)
+
+
+def test_failure_aware_reports_what_its_failure_stage_did(synthetic_tiny, tmp_path):
+    _, data = synthetic_tiny
+    result = fit("failure_aware", data, tmp_path, stages=2)
+    stages = [d for d in result["diagnostics"] if d["diagnostic"].startswith("stage")]
+    assert [d["diagnostic"] for d in stages] == ["stage 1", "stage 2"]
+    for d in stages:
+        assert d["failures"] == d["misclassified"] + d["near_ties"] > 0
+        assert 0 < d["failure_loss_share"] < 1
+    assert stages[1]["failures"] >= stages[0]["failures"] * 0.5  # the last stage admits every current failure
+    after = result["diagnostics"][-1]
+    assert after["margin_relative_change"] > 0 and after["fixed_pairs"] >= 0

@@ -122,7 +122,11 @@ def run_trial(spec: TrialSpec, result_path: Path, report=None, splits=None) -> d
             val_pair_accuracy=pair_accuracy(np.array(rewards["val"]), np.array(demos.splits["val"].pairs)),
             device="cuda" if torch.cuda.is_available() else "cpu",
         )
+    # A method's diagnostics (reports with a "diagnostic" label, e.g. failure_aware's per-stage failures) are kept
+    # whole; the epoch-by-epoch curve only in its last 200 entries.
     payload.update(seconds=round(time.time() - started, 3), curve=curve[-200:])
+    if any("diagnostic" in m for m in curve):
+        payload["diagnostics"] = [m for m in curve if "diagnostic" in m]
     write_result(result_path, payload)
     return payload
 

@@ -107,6 +107,7 @@ def assemble(selection: Selection, data: TaskData, ok: dict[str, list[dict]], fa
             "normalised": s["normalised"],
             "improvement": s["improvement"],
             "per_seed": s["per_seed"],
+            **({"diagnostics": diagnostics(ok[method])} if any("diagnostics" in t for t in ok.get(method, [])) else {}),
             "trial_ids": entry.trial_ids,
             "failures": failures.get(method, []),
         })
@@ -157,6 +158,20 @@ def output_of(runs_dir: Path, group_dir: Path, leaderboards_dir: Path | None = N
     if Path(runs_dir).resolve() == PUBLISHED_RESULTS.resolve():
         return Path(leaderboards_dir or PUBLISHED_LEADERBOARDS), task
     return Path(leaderboards_dir or Path(runs_dir) / "leaderboards"), task if group == "default" else f"{task}-{group}"
+
+
+def diagnostics(trials: list[dict]) -> dict[str, dict]:
+    """A method's labelled diagnostics (e.g. failure_aware's per-stage failures), averaged over its seeds:
+    {label: {field: mean, ..., "seeds": n}}, labels in the order the fit reported them."""
+    values: dict[str, dict[str, list]] = {}
+    for trial in trials:
+        for entry in trial.get("diagnostics", []):
+            fields = values.setdefault(entry["diagnostic"], {})
+            for key, value in entry.items():
+                if key != "diagnostic" and isinstance(value, (int, float)):
+                    fields.setdefault(key, []).append(float(value))
+    return {label: {k: round(sum(v) / len(v), 6) for k, v in fields.items()}
+            | {"seeds": max(len(v) for v in fields.values())} for label, fields in values.items() if fields}
 
 
 def write(doc: dict, out_dir: Path, name: str | None = None) -> tuple[Path, Path, Path]:

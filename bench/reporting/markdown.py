@@ -96,6 +96,25 @@ def power_lines(doc: dict) -> list[str]:
     return lines
 
 
+def diagnostics_lines(rows: list[dict]) -> list[str]:
+    """What each method reported about its own fit (mean over seeds), e.g. whether failure-aware IRL's failure
+    stage found failures and how far it moved the reward from its warm start."""
+    shown = [r for r in rows if r.get("diagnostics")]
+    if not shown:
+        return []
+    lines = ["", "## Fit diagnostics", "",
+             "What a method reports about its own fit, mean over seeds (`failure_aware`: per curriculum stage, the "
+             "failures admitted — misclassified training pairs and near-ties below δ — and their share of the "
+             "stage's loss at its start; after the curriculum, how far the margins moved from the warm start: "
+             "1 − their correlation, relative L2 change, pairs fixed and broken)."]
+    for r in shown:
+        fields = list(dict.fromkeys(k for d in r["diagnostics"].values() for k in d if k != "seeds"))
+        lines += ["", f"`{r['method']}`:", "", "| | " + " | ".join(fields) + " |", "|---|" + "---|" * len(fields)]
+        for label, d in r["diagnostics"].items():
+            lines.append(f"| {label} | " + " | ".join("–" if k not in d else f"{d[k]:.4g}" for k in fields) + " |")
+    return lines
+
+
 def render_markdown(doc: dict, sections: ReportSections | None = None) -> str:
     rows = doc["rows"]
     arrow = {m: "↑" if METRICS[m][0] > 0 else "↓" for m in COLUMNS}
@@ -141,6 +160,7 @@ def render_markdown(doc: dict, sections: ReportSections | None = None) -> str:
                 continue
             cells = [format_estimate(r["normalised"].get(m), 2) for m in shown]
             lines.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+    lines += diagnostics_lines(rows)
     failed = [(r["method"], f) for r in rows for f in r["failures"]]
     if failed:
         lines += ["", "## Failed trials", ""]

@@ -17,6 +17,8 @@ from bench.storage.artifacts import atomic_write_json, cache_for
 from bench.storage.selection import FILE as SELECTION_FILE
 from bench.storage.selection import Selection
 
+SCORED_ARTIFACTS = (("pool", "pool"), ("pool_truth", "heldout_pool_truth"))  # (TaskData artifact name, kind)
+
 
 def publish(task: str, runs_dir: Path, results_dir: Path, leaderboards_dir: Path) -> list[Path]:
     group = leaderboard.latest_group(runs_dir, task)
@@ -42,7 +44,11 @@ def publish(task: str, runs_dir: Path, results_dir: Path, leaderboards_dir: Path
                 raise BadInput(f"re-alignment trial {trial_id} of {group} is missing; rerun `bench run` before "
                                f"publishing.")
             shutil.copy2(source, target / "rerlhf" / source.name)
-    for kind, key in (("demos", data.demos_key), ("truth", data.truth_key)):
+    # What the scorer reads: demonstrations and R*, and a held-out pool's items and truth when the task has one
+    # (these are also the per-item published data: texts, prompt ids, sources and both judges' scores).
+    scored = [("demos", data.demos_key), ("truth", data.truth_key)]
+    scored += [(kind, data.artifacts[name]) for name, kind in SCORED_ARTIFACTS if name in data.artifacts]
+    for kind, key in scored:
         destination = target_cache.path(kind, key)
         if not destination.exists():
             shutil.copytree(source_cache.load(kind, key).path, destination)
