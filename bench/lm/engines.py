@@ -1,10 +1,13 @@
 """Generation engines: what draws the completions of a policy. An engine only samples; every log-probability that
 enters a metric is still computed by the reference model (bench/lm/policies.py `Policy.logprobs`).
 
-    transformers   the reference: `Policy.generate`, batched left-padded `transformers.generate` in fp32
-    ctranslate2    the same HF directory converted once by CTranslate2 (cached artifact `ct2_model`, keyed by the
-                   directory's content hash and the quantisation) and sampled by `ctranslate2.Generator`
-    auto           the fastest engine installed: ctranslate2 on a CPU-only machine, else transformers
+    transformers      the reference: `Policy.generate`, batched left-padded `transformers.generate` in fp32
+    ctranslate2       the same HF directory converted once by CTranslate2 (cached artifact `ct2_model`, keyed by
+                      the directory's content hash and the quantisation), float32, sampled by `ctranslate2.Generator`
+    ctranslate2-int8  the same with int8 weights and activations: ~2.5x faster again, but an approximation: on
+                      SmolLM2 its greedy completions differ from the reference's (benchmarks/results/generation.md)
+    auto              the fastest exact engine installed: ctranslate2 (float32) on a CPU-only machine, else
+                      transformers
 
 Both sample the same distribution: the prompt ids are the same (`prompt_ids`), sampling is plain temperature
 sampling over the whole vocabulary (top-k off) with optional nucleus top-p, generation stops at the model's EOS ids,
@@ -35,7 +38,7 @@ from bench.storage.artifacts import MANIFEST, ArtifactCache, content_hash, file_
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("transformers", "ctranslate2", "auto")
+ENGINES = ("transformers", "ctranslate2", "ctranslate2-int8", "auto")
 DEFAULT = "transformers"
 # generation_config options that transformers.generate applies by default and CTranslate2 would not reproduce.
 _UNMATCHED_DEFAULTS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": None,
@@ -71,11 +74,12 @@ class TransformersEngine(Engine):
 
 
 class CTranslate2Engine(Engine):
-    """CTranslate2 on the CPU. `compute_type` "int8" quantises the weights (fastest), "float32" keeps them."""
+    """CTranslate2 on the CPU. `compute_type` "float32" computes the reference's network; "int8" quantises weights
+    and activations (fastest, approximate)."""
 
     name = "ctranslate2"
 
-    def __init__(self, cache: ArtifactCache, compute_type: str = "int8"):
+    def __init__(self, cache: ArtifactCache, compute_type: str = "float32"):
         if compute_type not in ("int8", "float32"):
             raise BadInput(f"ctranslate2 compute type {compute_type!r}; choose 'int8' or 'float32'.")
         self.cache = cache
@@ -98,12 +102,13 @@ def resolve(name: str) -> str:
         raise BadInput(f"unknown generation engine {name!r}; choose from: {', '.join(ENGINES)}.")
     if name != "auto":
         return name
-    # CTranslate2's CPU path is 2-3x faster than transformers here (benchmarks/results/generation.md); with a CUDA
-    # GPU, transformers' batched generate on the GPU is the tested path.
+    # CTranslate2's float32 CPU path is faster than transformers' here (benchmarks/results/generation.md) and exact;
+    # int8 is faster still but approximate, so `auto` never picks it. With a CUDA GPU, transformers is the tested path.
     return "ctranslate2" if ct2_installed() and not torch.cuda.is_available() else "transformers"
 
 
-def make_engine(name: str, cache: ArtifactCache | None = None, compute_type: str = "int8") -> Engine:
+def make_engine(name: str, cache: ArtifactCache | None = None, compute_type: str | None = None) -> Engine:
+    """The engine `name` stands for; `compute_type` overrides the one a ctranslate2 name implies."""
     name = resolve(name)
     if name == "transformers":
         return TransformersEngine()
@@ -112,7 +117,7 @@ def make_engine(name: str, cache: ArtifactCache | None = None, compute_type: str
                        "(ctranslate2==4.8.5), or choose the engine 'transformers' or 'auto'.")
     if cache is None:
         raise BadInput("the ctranslate2 engine needs an artifact cache to hold its converted model.")
-    return CTranslate2Engine(cache, compute_type)
+    return CTranslate2Engine(cache, compute_type or ("int8" if name == "ctranslate2-int8" else "float32"))
 
 
 def key_part(engine: Engine) -> dict:
