@@ -85,7 +85,29 @@ def build_parser() -> argparse.ArgumentParser:
     worlds.add_argument("--leaderboards-dir", type=Path, default=None, help="default: RUNS_DIR/leaderboards")
     worlds.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     worlds.add_argument("--rebuild", action="store_true", help="only rewrite the board from stored runs")
+
+    audit = sub.add_parser("inspect", help="audit view: failure pairs by kind, R* bins, what each reward penalises")
+    audit.add_argument("--task", required=True)
+    audit.add_argument("--runs-dir", type=Path, default=Path("runs"), help="results for the committed runs")
+    audit.add_argument("--method", default=None, help="failure pairs and attribution of this method only")
+    audit.add_argument("--top", type=int, default=10, help="K: pairs shown per kind, tokens/words, precision@K")
+    audit.add_argument("--min-count", type=int, default=2, help="word view: test completions a word must be in")
+    audit.add_argument("--json", action="store_true", help="emit the document as JSON")
+    audit.add_argument("--html", type=Path, default=None, help="also write a self-contained HTML page here")
     return parser
+
+
+def cmd_inspect(args, console) -> int:
+    import json
+
+    from bench.audit import render, view
+
+    doc = view.inspect(view.InspectRequest(task=args.task, runs_dir=args.runs_dir, method=args.method, top=args.top,
+                                           min_count=args.min_count))
+    if args.html is not None:
+        print(f"wrote {render.write_html(doc, args.html)}", file=sys.stderr)
+    sys.stdout.write(json.dumps(doc, indent=1, ensure_ascii=False) + "\n" if args.json else render.render_text(doc))
+    return 0
 
 
 def cmd_worlds(args, console) -> int:
@@ -224,6 +246,7 @@ def main(argv=None) -> int:
     handlers = {"ls": cmd_ls, "run": cmd_run, "sweep": cmd_sweep, "leaderboard": cmd_leaderboard,
                 "compare": cmd_compare, "publish": cmd_publish}
     handlers["worlds"] = cmd_worlds
+    handlers["inspect"] = cmd_inspect
     try:
         return handlers[args.command](args, console)
     except (BadInput, RuntimeFailure) as exc:

@@ -21,6 +21,7 @@ LAYERS = [
     ("reporting", ["bench.reporting"]),
     ("execution", ["bench.execution"]),
     ("language-model wing", ["bench.lm"]),
+    ("audit", ["bench.audit"]),
     ("plugins", ["methods", "tasks"]),
     ("interfaces", ["bench.cli", "bench.api"]),
 ]
