@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", default="default", help="task profile (see `bench ls profiles`)")
     run.add_argument("--seeds", type=int, default=5, help="number of seeds per method (seeds 0..N-1)")
     run.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where trials and artifacts are stored")
-    run.add_argument("--leaderboards-dir", type=Path, default=Path("leaderboards"))
+    run.add_argument("--leaderboards-dir", type=Path, default=None,
+                     help="default: RUNS_DIR/leaderboards (git-ignored), as <task>.* for the default profile and "
+                          "<task>-<group>.* otherwise; the committed leaderboards/ change only by `bench publish`")
     run.add_argument("--tuned-dir", type=Path, default=Path("tuned"),
                      help="frozen configs from `bench sweep` (used when present for the task and profile)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -65,12 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
     board = sub.add_parser("leaderboard", help="rebuild leaderboards from stored runs")
     board.add_argument("--task", default=None, help="one task (default: every task with stored runs)")
     board.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    board.add_argument("--leaderboards-dir", type=Path, default=Path("leaderboards"))
+    board.add_argument("--leaderboards-dir", type=Path, default=None,
+                       help="default: leaderboards/ (committed) for --runs-dir results, else RUNS_DIR/leaderboards")
 
     compare = sub.add_parser("compare", help="B − A per method and metric between two leaderboards of one task")
     compare.add_argument("a", type=Path, help="leaderboard JSON (leaderboards/<task>.json) or run group directory")
     compare.add_argument("b", type=Path, help="the same kind of input, for the other run")
     compare.add_argument("--metrics", default=None, help="NAME[,NAME...] (default: every metric)")
+
+    env = sub.add_parser("env", help="versions, devices, generation engines and the artifact cache (for bug reports)")
+    env.add_argument("--runs-dir", type=Path, default=Path("runs"), help="whose cache to report (or IRL_BENCH_CACHE)")
+    env.add_argument("--json", action="store_true", help="emit JSON")
+
+    cache = sub.add_parser("cache", help="list, verify or garbage-collect the artifact cache")
+    cache.add_argument("action", choices=["ls", "verify", "gc"])
+    cache.add_argument("--runs-dir", type=Path, action="append", default=None,
+                       help="runs directory whose stored runs keep artifacts (default runs; repeat it for every runs "
+                            "directory sharing an IRL_BENCH_CACHE); its cache is the one managed")
+    cache.add_argument("--dry-run", action="store_true", help="gc: list what would be removed and the bytes freed")
+    cache.add_argument("--min-age", type=float, default=60.0, metavar="MINUTES",
+                       help="gc: keep unreferenced artifacts younger than this (a run names its artifacts at its end)")
 
     worlds = sub.add_parser("worlds", help="every method on every stress world (tuned per world) -> the matrix board")
     worlds.add_argument("--task", default="synthetic", help="a task with world-* profiles")
@@ -195,8 +211,9 @@ def cmd_leaderboard(args, console) -> int:
     if not tasks:
         raise BadInput(f"no stored runs under {args.runs_dir}; run `bench run --task NAME` first.")
     for task in tasks:
-        doc = leaderboard.build(leaderboard.latest_group(args.runs_dir, task))
-        paths = leaderboard.write(doc, args.leaderboards_dir)
+        group = leaderboard.latest_group(args.runs_dir, task)
+        doc = leaderboard.build(group)
+        paths = leaderboard.write(doc, *leaderboard.output_of(args.runs_dir, group, args.leaderboards_dir))
         console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
     return 0
 
@@ -208,6 +225,25 @@ def cmd_compare(args, console) -> int:
     a, b = compare.load(args.a, "A"), compare.load(args.b, "B")
     compare.print_comparison(compare.compare(a, b, metrics), console)
     return 0
+
+
+def cmd_env(args, console) -> int:
+    import json
+
+    from bench import environment
+
+    report = environment.report(args.runs_dir)
+    print(json.dumps(report, indent=1) if args.json else "\n".join(environment.render(report)))
+    return 0
+
+
+def cmd_cache(args, console) -> int:
+    from bench.storage import cache_admin
+
+    lines, code = cache_admin.command(args.action, args.runs_dir or [Path("runs")], dry_run=args.dry_run,
+                                      min_age_s=args.min_age * 60)
+    print("\n".join(lines))
+    return code
 
 
 def print_summary(doc, console) -> None:
@@ -244,7 +280,7 @@ def main(argv=None) -> int:
         console = Console(width=140)
     args = build_parser().parse_args(argv)
     handlers = {"ls": cmd_ls, "run": cmd_run, "sweep": cmd_sweep, "leaderboard": cmd_leaderboard,
-                "compare": cmd_compare, "publish": cmd_publish}
+                "compare": cmd_compare, "publish": cmd_publish, "env": cmd_env, "cache": cmd_cache}
     handlers["worlds"] = cmd_worlds
     handlers["inspect"] = cmd_inspect
     try:

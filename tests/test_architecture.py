@@ -23,7 +23,7 @@ LAYERS = [
     ("language-model wing", ["bench.lm"]),
     ("audit", ["bench.audit"]),
     ("plugins", ["methods", "tasks"]),
-    ("interfaces", ["bench.cli", "bench.api"]),
+    ("interfaces", ["bench.cli", "bench.api", "bench.environment"]),
 ]
 MAX_LINES = 400
 

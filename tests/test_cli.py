@@ -66,7 +66,7 @@ def test_synthetic_end_to_end(tmp_path):
     done = run_bench("run", "--methods", "all", "--task", "synthetic", "--seeds", "3", cwd=tmp_path)
     assert done.returncode == 0, done.stderr + done.stdout
     assert "21 trials: 0 reused, 21 to run" in done.stdout
-    board = json.loads((tmp_path / "leaderboards/synthetic.json").read_text())
+    board = json.loads((tmp_path / "runs/leaderboards/synthetic.json").read_text())
     rows = {r["method"]: r for r in board["rows"]}
     assert set(rows) == {"max_margin", "bradley_terry", "failure_aware", "random", "oracle", "implicit", "length"}
     metric = lambda m, k: rows[m]["metrics"][k]  # noqa: E731
@@ -87,7 +87,7 @@ def test_synthetic_end_to_end(tmp_path):
     trials = sorted((tmp_path / "runs/synthetic/default/trials").glob("*.json"))
     assert len(trials) == 21
     before = {p: p.stat().st_mtime_ns for p in trials}
-    json_before = (tmp_path / "leaderboards/synthetic.json").read_bytes()
+    json_before = (tmp_path / "runs/leaderboards/synthetic.json").read_bytes()
 
     again = run_bench("run", "--methods", "all", "--task", "synthetic", "--seeds", "3", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
@@ -96,4 +96,5 @@ def test_synthetic_end_to_end(tmp_path):
 
     # the rerun rewrote the leaderboard from the same trials: same rows (byte-identical rebuilds by
     # `bench leaderboard` are tested in tests/test_leaderboard_html.py)
-    assert json.loads(json_before)["rows"] == json.loads((tmp_path / "leaderboards/synthetic.json").read_text())["rows"]
+    board_after = json.loads((tmp_path / "runs/leaderboards/synthetic.json").read_text())
+    assert json.loads(json_before)["rows"] == board_after["rows"]

@@ -234,7 +234,7 @@ def test_bench_run_smoke_writes_a_leaderboard_with_every_method(smoke, tmp_path)
                "--rerlhf-methods", "oracle,random,bradley_terry"]
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    board = json.loads((tmp_path / "leaderboards" / "detox.json").read_text())
+    board = json.loads((tmp_path / "runs/leaderboards/detox-smoke.json").read_text())
     rows = {r["method"]: r for r in board["rows"]}
     assert set(registry.methods()) <= set(rows)
     assert {"implicit", "length", "bradley_terry", "max_margin", "failure_aware"} <= set(rows)
@@ -264,7 +264,7 @@ def test_bench_run_smoke_writes_a_leaderboard_with_every_method(smoke, tmp_path)
     oracle_curve = oracle["bon"]["R*"]["curve"]["mean_toxicity"]
     for r in rerlhf["rows"]:
         assert np.all(np.array(oracle_curve) <= np.array(r["bon"]["R*"]["curve"]["mean_toxicity"]) + 1e-12)
-    markdown = (tmp_path / "leaderboards" / "detox.md").read_text()
+    markdown = (tmp_path / "runs/leaderboards/detox-smoke.md").read_text()
     assert "re-aligned with `oracle` (seed 0)" in markdown and f"### Best-of-{cfg.bon_samples}" in markdown
 
     # A rerun repeats nothing; --rerlhf bon re-uses the fits and adds only best-of-n trials.
@@ -274,7 +274,7 @@ def test_bench_run_smoke_writes_a_leaderboard_with_every_method(smoke, tmp_path)
                           "--seeds", "2", "--rerlhf", "bon"], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=600)
     assert bon.returncode == 0 and "4 trials: 4 reused, 0 to run" in bon.stdout, bon.stderr[-2000:]
-    board = json.loads((tmp_path / "leaderboards" / "detox.json").read_text())
+    board = json.loads((tmp_path / "runs/leaderboards/detox-smoke.json").read_text())
     assert board["rerlhf"]["mode"] == "bon" and all("policy" not in r for r in board["rerlhf"]["rows"])
     assert {r["method"] for r in board["rerlhf"]["rows"]} == {"oracle", "random"}
 

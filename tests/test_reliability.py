@@ -35,7 +35,7 @@ def bench(*args, cwd, extra_env=None):
 
 
 def rows(cwd):
-    board = json.loads((Path(cwd) / "leaderboards/synthetic.json").read_text())
+    board = json.loads((Path(cwd) / "runs/leaderboards/synthetic-tiny.json").read_text())
     return {r["method"]: (r["metrics"], r["per_seed"], r["n_seeds"]) for r in board["rows"]}
 
 
@@ -109,7 +109,7 @@ def test_interrupted_run_completes_on_rerun(tmp_path, reference, sig, point):
     out, err = proc.communicate(timeout=120)
     if sig == signal.SIGINT and point == "trials":
         assert proc.returncode != 0 and "rerun the same command" in err
-        assert not (tmp_path / "leaderboards/synthetic.json").exists()  # no leaderboard from a partial run
+        assert not (tmp_path / "runs/leaderboards/synthetic-tiny.json").exists()  # no leaderboard from a partial run
     before = trial_files(tmp_path)
     assert before, "some trials had finished"
 
@@ -197,12 +197,12 @@ def test_failing_trials_are_recorded_and_shown(tmp_path):
                  "--seeds", "2", "--bootstrap", "100", cwd=cwd, extra_env={"PYTHONPATH": str(plugin)})
     assert done.returncode == 1, done.stderr
     assert "2 trial(s) failed" in done.stdout
-    board = json.loads((cwd / "leaderboards/synthetic.json").read_text())
+    board = json.loads((cwd / "runs/leaderboards/synthetic-tiny.json").read_text())
     by_method = {r["method"]: r for r in board["rows"]}
     assert by_method["bradley_terry"]["n_seeds"] == 2 and not by_method["bradley_terry"]["failures"]
     failures = by_method["always_fails"]["failures"]
     assert len(failures) == 2 and all("deliberate failure in fit" in f["error"] for f in failures)
-    assert "deliberate failure in fit" in (cwd / "leaderboards/synthetic.md").read_text()
+    assert "deliberate failure in fit" in (cwd / "runs/leaderboards/synthetic-tiny.md").read_text()
 
 
 @pytest.mark.slow

@@ -64,13 +64,13 @@ def test_frozen_config_is_used_by_run_on_fresh_seeds(tmp_path):
     run = bench("run", "--methods", "bradley_terry,random", "--task", "synthetic", "--profile", "tiny",
                 "--seeds", "2", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    board = json.loads((tmp_path / "leaderboards/synthetic.json").read_text())
+    board = json.loads((tmp_path / "runs/leaderboards/synthetic-tiny.json").read_text())
     rows = {r["method"]: r for r in board["rows"]}
     assert rows["bradley_terry"]["tuning"]["source"].endswith("tuned/synthetic/tiny/bradley_terry.json")
     assert rows["bradley_terry"]["config"] == frozen["config"]
     assert rows["bradley_terry"]["seeds"] == [0, 1]  # confirmation seeds, disjoint from the tuning seeds
     assert rows["random"]["tuning"] == {"source": "defaults"}
-    assert "frozen sweep" in (tmp_path / "leaderboards/synthetic.md").read_text()
+    assert "frozen sweep" in (tmp_path / "runs/leaderboards/synthetic-tiny.md").read_text()
 
 
 KILLABLE = [*SWEEP, "--trials", "8", "--seeds-per-trial", "2", "--scheduler", "fifo"]

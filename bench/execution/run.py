@@ -29,7 +29,7 @@ class RunRequest:
     profile: str = "default"
     seeds: int = 5
     runs_dir: Path = Path("runs")
-    leaderboards_dir: Path = Path("leaderboards")
+    leaderboards_dir: Path | None = None  # None: <runs_dir>/leaderboards (see reporting/document.py output_of)
     assignments: list[str] = field(default_factory=list)
     address: str | None = None
     gpus_per_trial: float = 0.0
@@ -118,7 +118,7 @@ def plan(request: RunRequest) -> RunPlan:
         raise BadInput(f"--rerlhf-methods names {', '.join(sorted(set(realigned) - set(method_names)))}, which "
                        f"--methods does not select; re-align only methods that run.")
     check_writable(request.runs_dir, "--runs-dir")
-    check_writable(request.leaderboards_dir, "--leaderboards-dir")
+    check_writable(request.leaderboards_dir or request.runs_dir / "leaderboards", "--leaderboards-dir")
     return RunPlan(task, request.profile, task_config, method_configs, list(range(request.seeds)), request, tuning,
                    mode, realigned)
 
@@ -187,7 +187,7 @@ def _run_group(p: RunPlan, data, group_dir: Path, console) -> dict:
     atomic_write_json(req.runs_dir / p.task.name / "latest.json", {"group": p.group})
     with console.status("scoring and writing the leaderboard"):
         doc = leaderboard.build(group_dir)
-        paths = leaderboard.write(doc, req.leaderboards_dir)
+        paths = leaderboard.write(doc, *leaderboard.output_of(req.runs_dir, group_dir, req.leaderboards_dir))
     console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
     return doc
 

@@ -67,6 +67,12 @@ def load(path: Path, label: str) -> Side:
     return Side(given, doc, None)
 
 
+def load_leaderboard(path: Path | str) -> dict:
+    """The leaderboard document of a leaderboard JSON file, a run group directory (`runs/<task>/<group>`, rebuilt
+    from its stored trials) or a task's runs directory (`runs/<task>`: its latest group). `bench.load_leaderboard`."""
+    return load(Path(path), "leaderboard").doc
+
+
 def _test_set(doc: dict):
     """What identifies the scored test items: the task data artifacts (profile and task settings are in them)."""
     return doc.get("provenance", {}).get("artifacts")
