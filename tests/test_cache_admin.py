@@ -37,7 +37,11 @@ def world(tmp_path, monkeypatch):
     data = TaskData(**{**data.to_json(), "artifacts": {**data.artifacts, "features": top.key}})
     Selection(data, {}, [0], {}, {"resamples": 100, "seed": 0}, {}).write(runs / "synthetic" / "tiny")
     atomic_write_json(runs / "synthetic" / "latest.json", {"group": "tiny"})
-    keep = {data.demos_key, data.truth_key, data.artifacts["policies"], top.key, middle.key, bottom.key}
+    world_only = put(cache, "policies", {"world": "clean"})  # named only by a nested run group (bench worlds)
+    nested = TaskData(**{**data.to_json(), "artifacts": {"policies": world_only.key}})
+    Selection(nested, {}, [0], {}, {"resamples": 100, "seed": 0}, {}).write(runs / "worlds/synthetic/world-clean")
+    keep = {data.demos_key, data.truth_key, data.artifacts["policies"], top.key, middle.key, bottom.key,
+            world_only.key}
     return runs, cache, keep, {orphan.key: orphan, derived.key: derived}, data
 
 
@@ -47,11 +51,14 @@ def cache_cli(*args, capsys):
 
 
 def test_inventory_follows_references_transitively(world):
-    runs, cache, keep, orphans, _ = world
+    runs, cache, keep, orphans, data = world
     inv = cache_admin.inventory(cache, [runs])
     assert {e.key for e in inv.entries} == keep | set(orphans)
     assert {k for k, users in inv.needed_by.items() if users} == keep
-    assert all(inv.needed_by[k] == {"synthetic/tiny"} for k in keep)
+    world_only = {k for k in keep if inv.needed_by[k] == {"worlds/synthetic/world-clean"}}
+    assert len(world_only) == 1
+    assert all(inv.needed_by[k] == {"synthetic/tiny"} for k in keep - world_only - {data.demos_key, data.truth_key})
+    assert inv.needed_by[data.demos_key] == {"synthetic/tiny", "worlds/synthetic/world-clean"}
     assert {e.key for e in inv.unreferenced()} == set(orphans)
 
 
@@ -61,7 +68,8 @@ def test_ls_lists_every_artifact_with_its_users(world, capsys):
     assert code == 0
     lines = {line.split()[1]: line for line in out.splitlines()[1:-1]}
     assert set(lines) == keep | set(orphans)
-    assert lines[data.demos_key].startswith("demos ") and lines[data.demos_key].endswith("synthetic/tiny")
+    assert lines[data.demos_key].startswith("demos ")
+    assert lines[data.demos_key].endswith("synthetic/tiny, worlds/synthetic/world-clean")
     assert all(lines[k].endswith("nothing (gc removes it)") for k in orphans)
     freed = cache_admin.human_bytes(sum(cache_admin._size(o.path)[1] for o in orphans.values()))
     assert f"{len(keep) + len(orphans)} artifacts" in out and f"2 unreferenced ({freed})" in out
@@ -101,15 +109,22 @@ def test_gc_removes_only_unreferenced_artifacts(world, capsys):
 
 def test_gc_waits_for_a_running_build_or_run(world, capsys):
     runs, cache, keep, orphans, _ = world
-    with file_lock(runs / "synthetic" / "tiny" / ".lock"):  # a `bench run` of this group is running its trials
-        code = main(["cache", "gc", "--runs-dir", str(runs), "--min-age", "0"])
-        assert code == 1 and "in progress" in capsys.readouterr().err
-        assert cache_cli("gc", "--runs-dir", str(runs), "--dry-run", "--min-age", "0", capsys=capsys)[0] == 0
+    for lock in (runs / "synthetic/tiny/.lock", runs / "synthetic/first-run/.lock", orphan_lock(cache, orphans)):
+        with file_lock(lock):  # a `bench run` running trials (a rerun, a first run), a build in progress
+            code = main(["cache", "gc", "--runs-dir", str(runs), "--min-age", "0"])
+            err = capsys.readouterr().err
+            assert code == 1 and "in progress" in err and str(lock) in err
+            assert cache_cli("gc", "--runs-dir", str(runs), "--dry-run", "--min-age", "0", capsys=capsys)[0] == 0
     assert all(o.path.exists() for o in orphans.values())
     orphan = next(iter(orphans.values()))
     old = time.time() - 7200
     os.utime(orphan.path / "manifest.json", (old, old))
     assert [e.key for e in cache_admin.collectable(cache_admin.inventory(cache, [runs]), 3600)] == [orphan.key]
+
+
+def orphan_lock(cache, orphans):
+    orphan = next(iter(orphans.values()))
+    return cache.root / orphan.kind / f".{orphan.key}.lock"
 
 
 def test_cache_commands_refuse_a_missing_runs_dir(tmp_path, capsys):

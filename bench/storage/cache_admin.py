@@ -92,17 +92,38 @@ def entries(cache: ArtifactCache) -> list[Entry]:
     return found
 
 
+SKIPPED = ("cache", "trials", "rerlhf", "fits", "configs", "ray", "leaderboards")  # hold no run group
+
+
+def _stored(runs_dir: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """(run group directories: those with a selection.json, at any depth, e.g. `worlds/<task>/<world>`; sweep
+    directories `…/sweeps/<method>`; run group lock files), found without walking into caches, trial results or
+    Ray's files."""
+    groups, sweeps, locks = [], [], []
+    for here, dirs, files in os.walk(runs_dir):
+        here = Path(here)
+        if SELECTION_FILE in files:
+            groups.append(here)
+        if ".lock" in files:  # a run group's, from its first run on
+            locks.append(here / ".lock")
+        if here.parent.name == "sweeps":
+            sweeps.append(here)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED)
+    return sorted(groups), sorted(sweeps), sorted(locks)
+
+
 def roots(runs_dir: Path) -> dict[str, set[str]]:
-    """Per stored run (`task/group`, or `task/profile/sweeps/method`), the strings that may name artifacts."""
+    """Per stored run (`task/group`, `worlds/task/world`, or `task/profile/sweeps/method`), the strings in its
+    records that may name artifacts."""
     runs_dir = Path(runs_dir)
+    groups, sweeps, _ = _stored(runs_dir)
     found = {}
-    for selection in sorted(runs_dir.glob(f"*/*/{SELECTION_FILE}")):
-        group = selection.parent
-        strings = _strings(_read_json(selection) or {})
+    for group in groups:
+        strings = _strings(_read_json(group / SELECTION_FILE) or {})
         for result in sorted((group / "rerlhf").glob("*.json")):  # re-aligned policies, by artifact key
             strings |= _strings(_read_json(result) or {})
-        found[f"{group.parent.name}/{group.name}"] = strings
-    for sweep in sorted(runs_dir.glob("*/*/sweeps/*")):
+        found[str(group.relative_to(runs_dir))] = strings
+    for sweep in sweeps:
         fit = next(iter(sorted((sweep / "fits").glob("*.json"))), None)  # every fit of a sweep has the same task
         if fit is not None:
             found[str(sweep.relative_to(runs_dir))] = _strings(_read_json(fit) or {})
@@ -159,9 +180,9 @@ def _held(lock: Path) -> bool:
 
 
 def busy(cache: ArtifactCache, runs_dirs: list[Path]) -> list[Path]:
-    """Locks held right now: an artifact being built (`<cache>/<kind>/.<key>.lock`) or a run group whose trials are
-    running (`<runs>/<task>/<group>/.lock`). Artifacts a run has built are named by its selection only when it ends."""
-    locks = list(cache.root.glob("*/.*.lock")) + [p for d in runs_dirs for p in Path(d).glob("*/*/.lock")]
+    """Locks held right now: an artifact being built (`<cache>/<kind>/.<key>.lock`) or a run group whose trials
+    are running (`<runs>/<task>/<group>/.lock`). A run names the artifacts it built in its selection only at its end."""
+    locks = list(cache.root.glob("*/.*.lock")) + [p for d in runs_dirs for p in _stored(Path(d))[2]]
     return sorted(p for p in locks if _held(p))
 
 
