@@ -47,11 +47,15 @@ def tables(doc: dict) -> list[dict]:
         notes.append(f"R*'s {a['k']} most penalised tokens: {_words(a['truth_top'])}")
         notes.append(f"chance precision@{a['k']}: {a['chance_precision']} ({a['vocab_size']} tokens)")
         rows = [[m, e["how"] if e["how"] == "refit" else "least squares (no refit)",
-                 format_estimate(e["precision_at_k"], 2), format_estimate(e["spearman"]), _words(e["top_tokens"])]
+                 format_estimate(e["precision_at_k"], 2), format_estimate(e["spearman"]),
+                 format_estimate(e["stored_least_squares"]["precision_at_k"], 2), _words(e["top_tokens"])]
                 for m, e in a["methods"].items()]
         header = ["method", "weights from", f"precision@{a['k']}", "Spearman ρ (vocabulary)",
-                  "most penalised tokens (mean standardised weight)"]
+                  f"precision@{a['k']} (least squares, stored r̂)", "most penalised tokens (mean standardised weight)"]
         notes += [f"{m}: {e['how']}" for m, e in a["methods"].items() if e["how"] != "refit"]
+        notes += [f"{m}: the refit does not reproduce the stored test rewards (max |Δ| = {e['refit_drift']:.3g} × "
+                  f"their sd); its weights describe the refitted reward" for m, e in a["methods"].items()
+                  if e["reproduced"] is False]
     else:
         notes.append(f"candidate words: {a['candidates']} (in ≥ {a['min_count']} test completions); chance "
                      f"precision@{a['k']}: {a['chance_precision']}")
