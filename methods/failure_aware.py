@@ -119,10 +119,12 @@ class FailureAware(IRLMethod):
 
             with torch.no_grad():  # what the failure mechanism is doing at this stage (see the leaderboard)
                 weighted = cfg.failure_weight * in_stage.to(d_all.dtype) * failure_loss(d_all)
+                # |L_std|: the max-margin loss is negative on correctly ordered pairs
+                share = float(weighted.sum() / (standard_loss(d_all).abs().sum() + weighted.sum()))
                 ctx.report(diagnostic=f"stage {stage}", failures=int(in_stage.sum()),
                            misclassified=int((in_stage & (d_all < 0)).sum()),
                            near_ties=int((in_stage & (d_all >= 0)).sum()), near_tie_threshold=delta,
-                           failure_loss_share=float(weighted.sum() / (standard_loss(d_all).sum() + weighted.sum())),
+                           failure_loss_share=share,
                            correction_scale=cfg.correction_scale)
 
             train_pairwise(
