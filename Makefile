@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 .PHONY: install run test
 install: $(VENV)/.installed
 
-run: $(VENV)/.installed  ## the main job: every method on the default task, 5 seeds, leaderboard in leaderboards/
+run: $(VENV)/.installed  ## the main job: every method on the default task, 5 seeds, leaderboard in runs/leaderboards/ (publish: bench publish)
 	$(VENV)/bin/bench run --methods all --task synthetic
 
 test: $(VENV)/.installed  ## every test, the slow end-to-end runs included
