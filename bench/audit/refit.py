@@ -78,7 +78,8 @@ def token_view(selection: Selection, data: TaskData, trials: dict[str, list[dict
         methods[method] = {
             "seeds": len(per_seed),
             "how": how,
-            "top_tokens": [[vocab[i], round(float(mean[i]), 4)] for i in most_penalised(mean, k)],
+            "top_tokens": [[vocab[i], round(float(mean[i]), 4)] for i in most_penalised(mean, k)] if np.ptp(mean) > 0
+            else [],  # a reward that weighs every token alike penalises none of them
             **agreement(per_seed, truth, k),
             "stored_least_squares": agreement(stored, truth, k),
             "refit_drift": None if drift is None else float(f"{drift:.3g}"),

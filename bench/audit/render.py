@@ -13,7 +13,7 @@ from bench.storage.artifacts import atomic_write_bytes
 
 
 def _words(entries: list, digits: int = 2) -> str:
-    return ", ".join(f"{w} ({v:+.{digits}f})" for w, v in entries)
+    return ", ".join(f"{w} ({v:+.{digits}f})" for w, v in entries) or "none (every token weighs the same)"
 
 
 def tables(doc: dict) -> list[dict]:
