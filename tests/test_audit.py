@@ -116,7 +116,7 @@ def test_the_judges_own_most_penalised_words_are_toxic_alone():
     assert int((predict_prob(top) >= 0.5).sum()) >= 8
 
 
-def test_bench_inspect_on_the_committed_detox_results(capsys):
+def test_bench_inspect_on_the_committed_detox_results(capsys, tmp_path):
     code = main(["inspect", "--task", "detox", "--runs-dir", str(REPO / "results"), "--method", "failure_aware",
                  "--json"])
     assert code == 0
@@ -127,8 +127,11 @@ def test_bench_inspect_on_the_committed_detox_results(capsys):
     fa = view["methods"]["failure_aware"]
     assert len(fa["top_words"]) == 10 and fa["overlap_judge"]["n"] == 5 and 0 <= fa["overlap_judge"]["mean"] <= 1
     assert sum(doc["methods"]["failure_aware"]["by_kind"][k]["pairs"] for k in doc["kinds"]) == doc["test"]["pairs"]
-    assert main(["inspect", "--task", "detox", "--runs-dir", str(REPO / "results"), "--method", "failure_aware"]) == 0
+    page = tmp_path / "audit.html"
+    assert main(["inspect", "--task", "detox", "--runs-dir", str(REPO / "results"), "--method", "failure_aware",
+                 "--html", str(page)]) == 0
     text = capsys.readouterr().out
+    assert "<h2>What each recovered reward penalises</h2>" in page.read_text() and "failure_aware" in page.read_text()
     assert "overlap with judge @10" in text and "failure_aware · bad→good" in text
     assert "most penalised words" in text
 
