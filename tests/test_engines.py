@@ -68,7 +68,8 @@ def same_distribution(a, b) -> tuple[bool, float]:
 
 def test_engine_names_resolve_and_only_other_engines_enter_keys():
     assert resolve("transformers") == "transformers"
-    assert resolve("auto") == ("ctranslate2" if ct2_installed() and not torch.cuda.is_available() else "transformers")
+    assert resolve("auto") == "transformers"  # no engine measured faster and exact (benchmarks/generation.py)
+    assert resolve("ctranslate2-int8") == "ctranslate2-int8"
     with pytest.raises(BadInput, match="choose from"):
         make_engine("vllm")
     assert key_part(TransformersEngine()) == {}
