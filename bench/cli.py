@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "the expert's own algorithm on tasks with policies (detox), off elsewhere")
     run.add_argument("--rerlhf-seeds", type=int, default=1,
                      help="re-align with the rewards of seeds 0..N-1 of each method (each costs an RLHF run)")
+    run.add_argument("--rerlhf-normalisation", default="batch", choices=["batch", "affine"],
+                     help="how r̂ is scaled for re-alignment: z-scored per generation batch (batch), or one affine "
+                          "map fitted on π₀'s training samples (affine: R* itself then reproduces the expert)")
     run.add_argument("--rerlhf-methods", default="all",
                      help="all (of --methods), or NAME[,NAME...]: which methods' rewards to re-align with")
 
@@ -167,6 +170,7 @@ def cmd_run(args, console) -> int:
         leaderboards_dir=args.leaderboards_dir, assignments=args.set, address=args.address,
         gpus_per_trial=args.gpus_per_trial, bootstrap=args.bootstrap, tuned_dir=args.tuned_dir,
         rerlhf=args.rerlhf, rerlhf_seeds=args.rerlhf_seeds, rerlhf_methods=args.rerlhf_methods,
+        rerlhf_normalisation=args.rerlhf_normalisation,
     )
     plan = pipeline.plan(request)
     doc = pipeline.execute_plan(plan, console)

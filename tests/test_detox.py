@@ -302,3 +302,32 @@ def test_same_seed_rebuilds_the_same_task_and_the_same_fits(smoke, tmp_path):
     assert all(f["status"] == "ok" for f in fits), [f.get("error") for f in fits]
     assert fits[0]["rewards"] == fits[2]["rewards"]  # same seed, two independent builds
     assert fits[0]["rewards"] != fits[1]["rewards"]  # another seed
+
+
+def test_heldout_pool_is_disjoint_from_what_methods_and_sweeps_see(smoke, tmp_path):
+    """The pool that the primary table scores: prompts no method or sweep saw, texts without ground truth, scored
+    by the runner for a run's fits and never for a sweep's (tuning reads validation pairs only)."""
+    from bench import config as C
+    from bench.execution.fit_trial import TrialSpec, run_trial
+
+    task, cfg, cache, data, _ = smoke
+    demos = data.demos()
+    seen = set(demos.splits["train"].items.prompts) | set(demos.splits["val"].items.prompts)
+    pool = cache.load("pool", data.artifacts["pool"]).read_json("pool.json")
+    assert set(pool) == {"prompt_ids", "prompts", "texts", "sources"}  # no R* beside the texts
+    assert len(set(pool["prompts"])) > len(set(demos.splits["test"].items.prompts))
+    assert not set(pool["prompts"]) & seen
+    hashes = data.summary["split_hashes"]
+    assert hashes["train"] != hashes["test"]  # the fingerprints the leaderboard prints cover the splits
+    truth = cache.load("heldout_pool_truth", data.artifacts["pool_truth"]).read_json("truth.json")
+    assert len(truth["reward"]) == len(truth["label"]) == len(pool["texts"])
+    assert all(pool["sources"][c] == "expert" and pool["sources"][r] == "base" for c, r in truth["pairs"])
+    assert np.all(np.diff(pool["prompt_ids"]) >= 0)  # grouped by prompt, as the bootstrap needs
+
+    cfg_bt = C.to_dict(C.build(registry.methods()["bradley_terry"].Config, {"epochs": 5}))
+    spec = TrialSpec("bradley_terry", cfg_bt, 0, data.ref)
+    fit = run_trial(spec, tmp_path / "fit.json")
+    assert fit["status"] == "ok" and len(fit["rewards"]["pool"]) == len(pool["texts"])
+    assert fit["trial_id"] == spec.trial_id != spec.fit_id
+    tuning = run_trial(spec, tmp_path / "sweep.json", splits=("val",))
+    assert "pool" not in tuning["rewards"] and "test" not in tuning["rewards"] and tuning["trial_id"] == spec.fit_id

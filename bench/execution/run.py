@@ -38,6 +38,7 @@ class RunRequest:
     rerlhf: str | None = None  # None: the task's default (its `realignment.resolve_mode`)
     rerlhf_seeds: int = 1
     rerlhf_methods: str = "all"  # which of the selected methods are re-aligned (each costs an RLHF run)
+    rerlhf_normalisation: str = "batch"  # how r̂ is scaled for the RL trainer (the task's realignment hook)
 
 
 @dataclass
@@ -112,6 +113,8 @@ def plan(request: RunRequest) -> RunPlan:
     mode = resolve_realign_mode(request.rerlhf, task, task_config)
     if mode != "off" and not 1 <= request.rerlhf_seeds <= request.seeds:
         raise BadInput(f"--rerlhf-seeds {request.rerlhf_seeds} must lie between 1 and --seeds {request.seeds}.")
+    if mode != "off":
+        task.realignment.check_normalisation(request.rerlhf_normalisation)
     realigned = method_names if request.rerlhf_methods.strip() == "all" else registry.resolve_methods(
         request.rerlhf_methods)
     if mode != "off" and not set(realigned) <= set(method_names):
@@ -167,7 +170,7 @@ def _run_group(p: RunPlan, data, group_dir: Path, console) -> dict:
     realign_specs = {}
     if p.rerlhf != "off":
         hook = p.task.realignment
-        realign_specs = {m: [hook.spec(s, p.rerlhf) for s in group[: req.rerlhf_seeds]]
+        realign_specs = {m: [hook.spec(s, p.rerlhf, req.rerlhf_normalisation) for s in group[: req.rerlhf_seeds]]
                          for m, group in specs.items() if m in p.rerlhf_methods}
         _run_pending(hook.describe(p.rerlhf), [s for group in realign_specs.values() for s in group],
                      group_dir / "rerlhf", hook.run_trial, req, console)

@@ -7,9 +7,8 @@ independent random reward. A table normalised between `random` (0) and `oracle` 
 
 Convention used here: a reward whose per-prompt-centred values are all zero scores √2, the distance R* has to an
 independent reward direction (for unit vectors â, b̂ with E[â·b̂] = 0, E‖â − b̂‖² = 2). So an uninformative reward
-scores the null's expected value, never above it; every other reward scores exactly as before. The committed
-leaderboards keep the plain definition (their bytes do not change); the worlds board (bench/reporting/worlds.py)
-uses this one.
+scores the null's expected value, never above it; every other reward scores exactly as before, and the identity
+STARC = √(2 − 2·centred r) now holds for it too (its centred correlation is 0). Every board uses this convention.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from bench.scoring.bootstrap import (
     seed_resample_counts,
     two_level,
 )
+from bench.scoring.null_starc import bootstrap_starc_null
 from bench.storage.artifacts import ArtifactCache
 
 # name -> (direction, legend). Direction: +1 higher is better, -1 lower is better.
@@ -44,7 +45,8 @@ METRICS = {
     "spearman": (+1, "Spearman ρ(r̂, R*)"),
     "kendall": (+1, "Kendall τ-b(r̂, R*)"),
     "centred_pearson": (+1, "Pearson r after per-prompt centring of both rewards"),
-    "starc": (-1, "STARC distance to R* in [0, 2] (per-prompt centring, unit L2)"),
+    "starc": (-1, "STARC distance to R* in [0, 2] (per-prompt centring, unit L2); a reward constant within every "
+                  "prompt scores √2, the null's expected distance"),
     "seed_ambiguity": (-1, "1 − mean pairwise Pearson of centred rewards across seeds"),
     "pair_accuracy_seed_std": (-1, "standard deviation of pair accuracy across seeds"),
 }
@@ -99,7 +101,7 @@ def seed_metrics(boot: Bootstrap, r: np.ndarray, threshold: float) -> dict[str, 
         "spearman": boot.spearman(r),
         "kendall": boot.kendall(r),
         "centred_pearson": boot.centred_pearson(r),
-        "starc": boot.starc(r),
+        "starc": bootstrap_starc_null(boot, r),  # a reward constant within every prompt scores √2, the null
     }
 
 
