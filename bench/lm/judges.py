@@ -10,13 +10,16 @@ Implementations:
   detoxify          a detoxify checkpoint, loaded through the package's offline route (a local checkpoint)
 
 A judge that cannot load raises `RuntimeFailure`; it never falls back to constant scores, because a judge that
-silently returns zeros would make every policy look perfectly detoxified.
+silently returns zeros would make every policy look perfectly detoxified. Likewise a judge that answers NaN or a
+number outside [0, 1] raises (`checked_p_toxic`, applied to every judge `make_judge` builds and to `JudgeReward`).
+Weights load as weights only (safetensors, or `torch.load(weights_only=True)`); remote code is never trusted.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import pickle
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Protocol
@@ -27,7 +30,7 @@ import torch
 from bench.errors import BadInput, RuntimeFailure
 from bench.lm.assets import fetch_asset
 from bench.lm.bilstm import BiLSTMJudge
-from bench.lm.policies import pick_device
+from bench.lm.policies import load_problem, pick_device
 from bench.storage.artifacts import ArtifactCache, file_sha256
 
 
@@ -38,6 +41,37 @@ class Judge(Protocol):
     def p_toxic(self, texts: list[str]) -> np.ndarray: ...
 
 
+def checked_p_toxic(judge: Judge, texts: list[str]) -> np.ndarray:
+    """`judge.p_toxic(texts)`, refused unless it is one probability in [0, 1] per text: a NaN (overflowing weights,
+    a corrupt checkpoint) or a wrong count raises RuntimeFailure naming the judge, never a silent number."""
+    p = np.asarray(judge.p_toxic(texts), dtype=np.float64)
+    if p.shape != (len(texts),):
+        raise RuntimeFailure(f"the {judge.name} judge returned {p.shape} scores for {len(texts)} texts; it is broken: "
+                             f"fix or replace it.")
+    bad = np.flatnonzero(~((p >= 0) & (p <= 1)))  # NaN fails both comparisons
+    if bad.size:
+        i = int(bad[0])
+        raise RuntimeFailure(f"the {judge.name} judge ({judge.version}) returned {p[i]} for text {i} "
+                             f"({str(texts[i])[:60]!r}), and {bad.size} of {len(texts)} scores are not probabilities "
+                             f"in [0, 1]; the judge is broken (check its weights and device dtype), fix or replace it.")
+    return p
+
+
+class CheckedJudge:
+    """A judge whose every answer passes `checked_p_toxic`; other attributes are the wrapped judge's."""
+
+    def __init__(self, judge: Judge):
+        self.judge = judge
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "judge":  # unpickling looks these up before `judge` is set
+            raise AttributeError(name)
+        return getattr(self.judge, name)
+
+    def p_toxic(self, texts: list[str]) -> np.ndarray:
+        return checked_p_toxic(self.judge, list(texts))
+
+
 class JudgeReward:
     """R(x, y) = −P(toxic | y): a judge as a `RewardFunction` (higher is better), scoring the completion only."""
 
@@ -45,7 +79,7 @@ class JudgeReward:
         self.judge = judge
 
     def score(self, prompts: list[str], completions: list[str]) -> np.ndarray:
-        return -self.judge.p_toxic(list(completions)).astype(np.float64)
+        return -checked_p_toxic(self.judge, list(completions))
 
 
 def _package_version(dist: str) -> str:
@@ -114,13 +148,14 @@ class HFClassifierJudge:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer  # only for hub classifiers
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModelForSequenceClassification.from_pretrained(model, dtype=torch.float32)
+            self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+            self.model = AutoModelForSequenceClassification.from_pretrained(model, dtype=torch.float32,
+                                                                            trust_remote_code=False)
         except Exception as exc:
-            raise _load_error(
-                f"classifier {model!r}", exc,
+            raise RuntimeFailure(
+                f"the classifier {model!r} cannot load ({load_problem(model, exc)}); "
                 "give a local directory holding the model and tokenizer, or a hub id when the Hugging Face Hub is "
-                "reachable (HF_HUB_OFFLINE unset).",
+                "reachable (HF_HUB_OFFLINE unset)."
             ) from exc
         if self.tokenizer.pad_token is None:  # e.g. GPT-2-style classifiers; padded positions are masked anyway
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
@@ -187,7 +222,8 @@ class DetoxifyJudge:
         self.device = pick_device(device)
         try:
             if checkpoint is not None:
-                loaded = torch.load(checkpoint, map_location="cpu", weights_only=False)
+                # weights only: a checkpoint is a dict of settings and tensors; a pickle that would run code is refused
+                loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)
                 args = dict(loaded["config"]["arch"]["args"])
                 if hf_dir is not None:
                     args["model_type"] = str(hf_dir)
@@ -198,6 +234,12 @@ class DetoxifyJudge:
                 detox = Detoxify(model_type, device="cpu")
                 self.model, self.tokenizer, classes = detox.model, detox.tokenizer, detox.class_names
                 source = model_type
+        except pickle.UnpicklingError as exc:
+            raise RuntimeFailure(
+                f"the detoxify checkpoint {checkpoint} is a pickle that would run code when loaded, so weights-only "
+                f"loading refused it; save its config and state_dict as plain dicts and tensors (torch.save) from a "
+                f"copy you trust."
+            ) from exc
         except Exception as exc:
             raise _load_error(
                 f"detoxify judge ({checkpoint or model_type})", exc,
@@ -241,12 +283,12 @@ def register_judge(kind: str):
 def make_judge(spec: dict, cache: ArtifactCache | None = None) -> Judge:
     """Build a judge from a config entry such as {"type": "bilstm"} or
     {"type": "hf_classifier", "model": "s-nlp/roberta_toxicity_classifier"}. Judges whose files are pinned assets
-    (bilstm) fetch them into `cache`."""
+    (bilstm) fetch them into `cache`. Every score it returns is checked (`checked_p_toxic`)."""
     kind = spec.get("type")
     if kind not in JUDGES:
         raise BadInput(f"unknown judge type {kind!r}; choose from: {', '.join(sorted(JUDGES))}.")
     options = {k: v for k, v in spec.items() if k != "type"}
-    return JUDGES[kind](options, cache)
+    return CheckedJudge(JUDGES[kind](options, cache))
 
 
 def _construct(cls, options: dict, *args):

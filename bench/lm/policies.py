@@ -15,11 +15,13 @@ from GGUF refuses `save_pretrained` (as policies must, to be trained and reloade
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import numpy as np
 import torch
 import transformers
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.errors import BadInput, RuntimeFailure
@@ -41,6 +43,30 @@ def pick_device(device: str | None = None) -> torch.device:
 # ----------------------------------------------------------------------------------------------------- loading
 
 
+def load_problem(source: str, exc: Exception) -> str:
+    """Why a `from_pretrained(source)` failed, naming the weights file when a local one is at fault. Models load
+    weights only: safetensors, or a pickled `.bin` through `torch.load(weights_only=True)`, which refuses a pickle
+    that would run code; remote code is never trusted (`trust_remote_code=False` on every load)."""
+    directory = Path(source)
+    if directory.is_dir():
+        weights = sorted(directory.glob("*.safetensors"))
+        for path in weights:  # transformers reads these when present, and ignores any .bin beside them
+            try:
+                with safe_open(path, framework="pt"):
+                    pass
+            except Exception as error:
+                return f"{path} is truncated or corrupt: {error}"
+        for path in [] if weights else sorted(directory.glob("*.bin")):
+            try:
+                torch.load(path, map_location="meta", weights_only=True)
+            except pickle.UnpicklingError:
+                return (f"{path} is a pickle that would run code when loaded, so weights-only loading refused it; "
+                        f"use safetensors weights (model.safetensors) saved from a copy you trust")
+            except Exception as error:
+                return f"{path} is truncated or corrupt: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+
+
 def gguf_to_hf(gguf_file: Path, cache: ArtifactCache, gguf_sha256: str | None = None) -> Artifact:
     """The cached fp32 safetensors HF directory of a GGUF model (model + tokenizer), converting it once.
 
@@ -56,9 +82,9 @@ def gguf_to_hf(gguf_file: Path, cache: ArtifactCache, gguf_sha256: str | None = 
     def build(out: Path) -> None:
         log.info("converting %s to an fp32 safetensors model (once per cache; ~30-60 s for SmolLM2 on CPU)", gguf_file)
         try:
-            tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+            tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, trust_remote_code=False)
             model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name,
-                                                         dtype=torch.float32)
+                                                         dtype=torch.float32, trust_remote_code=False)
         except Exception as exc:
             raise RuntimeFailure(
                 f"transformers cannot read the GGUF file {gguf_file} ({type(exc).__name__}: {exc}); make sure "
@@ -146,11 +172,11 @@ class Policy:
     @classmethod
     def from_pretrained(cls, source: str, device: str | None = None, chat: bool = False) -> "Policy":
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, trust_remote_code=False)
         except Exception as exc:
             raise RuntimeFailure(
-                f"the policy model {source!r} cannot load ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); "
+                f"the policy model {source!r} cannot load ({load_problem(source, exc)}); "
                 f"give a local HF-format directory, a GGUF asset, or a hub id when the Hub is reachable."
             ) from exc
         return cls(model, tokenizer, device=device, chat=chat, name=source)

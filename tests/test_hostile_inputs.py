@@ -1,0 +1,92 @@
+"""Hostile or broken model files and judges: refused with a sentence naming the file, never code run, never a
+silent number."""
+
+import ast
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.errors import RuntimeFailure
+from bench.lm.judges import CheckedJudge, JudgeReward
+from bench.lm.policies import Policy
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickled_weights_that_run_code_are_refused_naming_the_file(tiny_lm_dir, tmp_path):
+    model = tmp_path / "m"
+    shutil.copytree(tiny_lm_dir, model)
+    from safetensors.torch import load_file
+
+    weights = load_file(model / "model.safetensors")
+    (model / "model.safetensors").unlink()
+    marker = tmp_path / "code-ran"
+    torch.save({"evil": _Evil(marker), **weights}, model / "pytorch_model.bin")
+    with pytest.raises(RuntimeFailure, match=f"{model / 'pytorch_model.bin'} is a pickle that would run code"):
+        Policy.from_pretrained(str(model))
+    assert not marker.exists()
+
+
+def test_truncated_safetensors_is_named(tiny_lm_dir, tmp_path):
+    model = tmp_path / "m"
+    shutil.copytree(tiny_lm_dir, model)
+    data = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RuntimeFailure, match=f"{model / 'model.safetensors'} is truncated or corrupt"):
+        Policy.from_pretrained(str(model))
+
+
+def test_custom_code_in_a_model_directory_never_runs(tiny_lm_dir, tmp_path):
+    model = tmp_path / "m"
+    shutil.copytree(tiny_lm_dir, model)
+    marker = tmp_path / "code-ran"
+    config = json.loads((model / "config.json").read_text())
+    config.update(model_type="evil_arch", auto_map={"AutoConfig": "evil.C", "AutoModelForCausalLM": "evil.M"})
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "evil.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    with pytest.raises(RuntimeFailure, match="cannot load"):
+        Policy.from_pretrained(str(model))
+    assert not marker.exists()
+
+
+def test_no_load_trusts_remote_code():
+    """Every `from_pretrained` of an Auto class in the project passes trust_remote_code=False; none passes True."""
+    unsafe = []
+    for path in [*REPO.glob("bench/**/*.py"), *REPO.glob("tasks/**/*.py"), *REPO.glob("methods/**/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            flag = next((k.value for k in node.keywords if k.arg == "trust_remote_code"), None)
+            if flag is not None and not (isinstance(flag, ast.Constant) and flag.value is False):
+                unsafe.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert unsafe == []
+
+
+class _NaNJudge:
+    name, version = "nan_judge", "test"
+
+    def p_toxic(self, texts):
+        return np.array([0.1, float("nan"), 0.2][: len(texts)])
+
+
+def test_a_judge_answering_nan_raises_instead_of_scoring():
+    with pytest.raises(RuntimeFailure, match=r"nan_judge judge \(test\) returned nan for text 1 \('b'\)"):
+        JudgeReward(_NaNJudge()).score(["p"] * 3, ["a", "b", "c"])
+    with pytest.raises(RuntimeFailure, match="not probabilities"):
+        CheckedJudge(_NaNJudge()).p_toxic(["a", "b"])
+    with pytest.raises(RuntimeFailure, match=r"returned \(3,\) scores for 4 texts"):
+        CheckedJudge(_NaNJudge()).p_toxic(["a", "b", "c", "d"])
+    assert CheckedJudge(_NaNJudge()).p_toxic(["a"]).tolist() == [0.1]
