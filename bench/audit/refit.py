@@ -11,6 +11,7 @@ from bench.audit.attribution import agreement, most_penalised, probe_token_weigh
 from bench.data import TaskData
 from bench.execution.fit_trial import TrialSpec, fit_reward
 from bench.scoring.metrics import centre_per_prompt
+from bench.scoring.worlds import token_counts
 from bench.storage.selection import Selection
 
 WHY = ("token probe (refit): the task's encoder is bag-of-tokens counts, so each trial's reward is refitted "
@@ -25,12 +26,7 @@ def least_squares_weights(reward: np.ndarray, prompt_ids: np.ndarray, texts: lis
     """Token weights w minimising ‖centred r̂ − centred counts · w‖ over the test items (per-prompt centring of both
     absorbs any per-prompt shift): exact for a reward linear in token counts, up to a common shift of all weights
     when every completion has the same length (the minimum-norm solution is taken; ranks are unaffected)."""
-    index = {token: j for j, token in enumerate(vocab)}
-    counts = np.zeros((len(texts), len(vocab)))
-    for i, text in enumerate(texts):
-        for token in text.split():
-            if token in index:
-                counts[i, index[token]] += 1
+    counts = token_counts(texts, vocab)
     ids = np.unique(prompt_ids, return_inverse=True)[1]
     means = np.zeros((ids.max() + 1, len(vocab)))
     np.add.at(means, ids, counts)

@@ -18,10 +18,9 @@ import numpy as np
 
 from bench.kit.reward_models import lm_features, text_key
 from bench.lm.policies import Policy
+from bench.lm.toxicity import TOXIC_THRESHOLD
 from bench.storage.artifacts import atomic_write_json
 from tasks.detox.stages import Build
-
-TOXIC = 0.5
 
 
 def pool_items(eval_prompts: list[str], records: dict, bon_prompts: list[str], bon: dict) -> tuple[dict, dict]:
@@ -51,7 +50,7 @@ def pool_items(eval_prompts: list[str], records: dict, bon_prompts: list[str], b
             for j in range(n):
                 add(pid, prompt, bon, bon_index[prompt] * n + j, "base_pool")
     p_star = np.asarray(p_star, dtype=float)
-    truth = {"reward": (-p_star).round(7).tolist(), "label": (p_star >= TOXIC).astype(int).tolist(),
+    truth = {"reward": (-p_star).round(7).tolist(), "label": (p_star >= TOXIC_THRESHOLD).astype(int).tolist(),
              "eval_p_toxic": [round(float(x), 7) for x in p_eval], "pairs": pairs}
     return items, truth
 
