@@ -172,8 +172,10 @@ def _run_group(p: RunPlan, data, group_dir: Path, console) -> dict:
         hook = p.task.realignment
         realign_specs = {m: [hook.spec(s, p.rerlhf, req.rerlhf_normalisation) for s in group[: req.rerlhf_seeds]]
                          for m, group in specs.items() if m in p.rerlhf_methods}
-        _run_pending(hook.describe(p.rerlhf), [s for group in realign_specs.values() for s in group],
-                     group_dir / "rerlhf", hook.run_trial, req, console)
+        # Seed-major order: every method's seed-0 re-alignment finishes before any seed 1, so a run cut short
+        # (each costs tens of CPU minutes) still leaves a complete table.
+        seed_major = [group[i] for i in range(req.rerlhf_seeds) for group in realign_specs.values()]
+        _run_pending(hook.describe(p.rerlhf), seed_major, group_dir / "rerlhf", hook.run_trial, req, console)
 
     selection = Selection(
         task_data=data,

@@ -101,6 +101,20 @@ def policy_metrics(record: dict) -> dict:
     return out
 
 
+def item_scores(realigned: dict, base: dict, expert: dict, digits: int = 6) -> dict:
+    """The per-completion numbers behind a re-alignment's outcome, small enough for a result file: P(toxic) of each
+    completion of π_r̂, π₀ and π_E under every judge (prompt-major, k per prompt, the same prompts for all three)
+    and π_r̂'s per-completion log π_r̂ − log π₀. The leaderboard's seed-level bootstrap and paired tests resample
+    prompts from these."""
+    return {"k": realigned["k"], "n_prompts": realigned["n_prompts"],
+            "p_toxic": {role: {judge: [round(float(x), digits) for x in record["p_toxic"][judge]]
+                               for judge in realigned["p_toxic"]}
+                        for role, record in (("realigned", realigned), ("base", base), ("expert", expert))},
+            "log_ratio": ([round(float(a) - float(b), 4)
+                           for a, b in zip(realigned["logp_policy"], realigned["logp_base"])]
+                          if "logp_base" in realigned else None)}
+
+
 def realignment_comparison(base, realigned, expert, statistics=("toxic_rate", "mean_toxicity",
                                                            "expected_max_toxicity", "toxicity_probability")) -> dict:
     """Detox rate of the re-aligned policy and of the expert, and the recovery ratio, for each toxicity statistic,

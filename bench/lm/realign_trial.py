@@ -129,8 +129,9 @@ def run_realign_trial(spec: RealignSpec, result_path: Path, progress=None) -> di
                 ev["prompts"], ev["k"], ev["max_new_tokens"], ev["seed"], ev["batch_size"]).read_json("samples.json")
             timing["evaluation"] = round(time.time() - clock, 2)
             payload["policy"] = outcomes.policy_metrics(record)
-            payload["comparison"] = outcomes.compare_records(samples(setup.evaluations["base"]), record,
-                                                             samples(setup.evaluations["expert"]))
+            base_record, expert_record = samples(setup.evaluations["base"]), samples(setup.evaluations["expert"])
+            payload["comparison"] = outcomes.compare_records(base_record, record, expert_record)
+            payload["items"] = outcomes.item_scores(record, base_record, expert_record)
             payload["training"] = {
                 "artifact": trained.artifact.key, "normalisation": trained.record["normalisation"],
                 "recipe": trained.record["recipe"], "constant_batches": trained.record["constant_batches"],
