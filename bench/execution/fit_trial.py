@@ -1,6 +1,7 @@
 """A fit trial: one (method, config, seed) fitted on a task's training pairs and scored on held-out items.
 
-A trial's id is a hash of everything that determines its result (task data, method, config, seed, code version);
+A trial's id is a hash of everything that determines its result (task data, method, config, seed, code version,
+and the bootstrap resample of the training demonstrations when there is one: `bench ambiguity`);
 its result is a checksummed file `<group>/trials/<id>.json` (bench/storage/results.py). A trial that raises or
 returns non-finite rewards is recorded as failed, with its error; the others go on.
 """
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from bench import CODE_VERSION, registry
-from bench.data import Completions, TaskRef
+from bench.data import Completions, PreferencePairs, TaskRef
 from bench.kit.interface import FitContext
 from bench.kit.reward_models import RewardModel, make_encoder, make_head
 from bench.scoring.metrics import pair_accuracy
@@ -34,16 +35,17 @@ class TrialSpec:
     config: dict
     seed: int
     task: TaskRef
+    resample: int = 0  # 0: the training demonstrations as given; r > 0: bootstrap resample r of their prompts
 
     @property
     def fit_id(self) -> str:
         """What the fitted reward depends on (demonstrations, method, config, seed, code): re-alignment and sweeps
         key on it."""
-        return content_hash(
-            {"demos": self.task.demos_key, "method": self.method, "config": self.config, "seed": self.seed,
-             "code_version": CODE_VERSION},
-            length=16,
-        )
+        inputs = {"demos": self.task.demos_key, "method": self.method, "config": self.config, "seed": self.seed,
+                  "code_version": CODE_VERSION}
+        if self.resample:  # only when set, so that every fit on the demonstrations as given keeps its id
+            inputs["resample"] = self.resample
+        return content_hash(inputs, length=16)
 
     @property
     def trial_id(self) -> str:
@@ -53,11 +55,26 @@ class TrialSpec:
         return self.fit_id if pool is None else content_hash({"fit": self.fit_id, "pool": pool}, length=16)
 
     def to_json(self) -> dict:
-        return {"method": self.method, "config": self.config, "seed": self.seed, "task": self.task.to_json()}
+        resample = {"resample": self.resample} if self.resample else {}
+        return {"method": self.method, "config": self.config, "seed": self.seed, "task": self.task.to_json()} | resample
 
     @classmethod
     def from_json(cls, obj: dict) -> "TrialSpec":
-        return cls(obj["method"], obj["config"], obj["seed"], TaskRef.from_json(obj["task"]))
+        return cls(obj["method"], obj["config"], obj["seed"], TaskRef.from_json(obj["task"]), obj.get("resample", 0))
+
+
+def bootstrap_prompts(pairs: PreferencePairs, resample: int) -> PreferencePairs:
+    """Bootstrap resample `resample` of the training demonstrations: their prompts drawn with replacement, each
+    carrying all its pairs (pairs of one prompt are not independent; the scorer resamples prompts too). The draw
+    depends on `resample` alone, so every seed and configuration of one resample fits the same data."""
+    prompts = list(dict.fromkeys(pairs.prompts))
+    by_prompt = {p: [] for p in prompts}
+    for i, p in enumerate(pairs.prompts):
+        by_prompt[p].append(i)
+    drawn = np.random.default_rng([resample, 0x5EED]).integers(0, len(prompts), len(prompts))
+    rows = [i for d in drawn for i in by_prompt[prompts[d]]]
+    return PreferencePairs([pairs.prompts[i] for i in rows], [pairs.chosen[i] for i in rows],
+                           [pairs.rejected[i] for i in rows])
 
 
 def seed_everything(seed: int) -> None:
@@ -88,7 +105,10 @@ def fit_reward(spec: TrialSpec, record=None):
         ctx.ground_truth = registry.get_task(spec.task.task).ground_truth(spec.task)
     if method.needs_policies:
         ctx.policies = registry.get_task(spec.task.task).policies(spec.task)
-    return method.fit(demos.splits["train"].preference_pairs, model, cfg, ctx), demos
+    train = demos.splits["train"].preference_pairs
+    if spec.resample:
+        train = bootstrap_prompts(train, spec.resample)
+    return method.fit(train, model, cfg, ctx), demos
 
 
 def run_trial(spec: TrialSpec, result_path: Path, report=None, splits=None) -> dict:
@@ -100,7 +120,7 @@ def run_trial(spec: TrialSpec, result_path: Path, report=None, splits=None) -> d
     curve: list[dict] = []
     payload = {"trial_id": spec.trial_id if POOL in splits else spec.fit_id, "method": spec.method,
                "config": spec.config, "seed": spec.seed, "task": spec.task.task, "profile": spec.task.profile,
-               "demos_key": spec.task.demos_key}
+               "demos_key": spec.task.demos_key} | ({"resample": spec.resample} if spec.resample else {})
 
     def record(**metrics):
         curve.append(metrics)
