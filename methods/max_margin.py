@@ -10,15 +10,15 @@ step, which makes the optimum well defined (a direction, as in a hard-margin SVM
 from dataclasses import dataclass
 
 from bench.config import param
-from bench.kit.losses import asymmetric_margin_loss, project_onto_ball
+from bench.kit.losses import asymmetric_margin_loss, negative_slope, positive_slope, project_onto_ball
 from bench.kit.training import PairwiseMethod, TrainConfig
 from bench.registry import register_method
 
 
 @dataclass
 class MaxMarginConfig(TrainConfig):
-    positive_weight: float = param(1.0, low=0.0, high=10.0, help="slope for correctly ordered pairs (w₊)")
-    negative_weight: float = param(2.0, low=0.0, high=10.0, help="slope for wrongly ordered pairs (w₋)")
+    positive_weight: float = positive_slope()
+    negative_weight: float = negative_slope()
     norm_bound: float = param(10.0, low=0.01, high=1000.0, log=True, help="L2 radius the head is projected onto")
 
 

@@ -21,16 +21,22 @@ from bench.kit.reward_models import RewardModel, make_head
 
 
 @dataclass
-class TrainConfig:
-    """Knobs every pairwise-trained method shares."""
+class OptimiserConfig:
+    """Knobs of the shared trainer and head, for methods that set their own number of epochs (e.g. a staged fit)."""
 
     lr: float = param(0.01, low=1e-5, high=1.0, log=True, search=(1e-3, 0.1), help="Adam learning rate")
-    epochs: int = param(60, low=1, high=10000, log=True, search=(10, 150), help="maximum passes over the pairs")
     batch_size: int = param(64, low=1, high=65536, log=True, search=(16, 256), help="pairs per step")
     weight_decay: float = param(0.0, low=0.0, high=0.1, help="decoupled L2 penalty (AdamW)")
     patience: int = param(15, low=1, high=1000, tune=False, help="epochs without a validation gain before stopping")
     head: str = param("linear", choices=["linear", "mlp"], help="reward head over the features")
     hidden: int = param(64, low=4, high=1024, log=True, tune=False, help="hidden width of the mlp head")
+
+
+@dataclass
+class TrainConfig(OptimiserConfig):
+    """Knobs every method fitted by one `train_pairwise` call shares."""
+
+    epochs: int = param(60, low=1, high=10000, log=True, search=(10, 150), help="maximum passes over the pairs")
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ def train_pairwise(
     loss_fn: LossFn,
     train: PairTensors,
     val: PairTensors,
-    cfg: TrainConfig,
+    cfg: OptimiserConfig,
     ctx: FitContext,
     *,
     parameters=None,
@@ -89,7 +95,8 @@ def train_pairwise(
     """Minimise `loss_fn` over minibatches of `train`; keep the weights with the best validation pair accuracy.
 
     `parameters` restricts what is trained (default: all of `reward`); `project` runs after every step (e.g. a
-    norm bound). Returns the best validation pair accuracy.
+    norm bound); `epochs` overrides `cfg.epochs` (a config without that field must pass it). Returns the best
+    validation pair accuracy.
     """
     params = list(parameters if parameters is not None else reward.parameters())
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -120,6 +127,21 @@ def train_pairwise(
     if best_state is not None:
         reward.load_state_dict(best_state)
     return best_acc
+
+
+class BestStage:
+    """The best model over the stages of a staged fit (each a `train_pairwise` call), by the trainer's own criterion:
+    validation pair accuracy, a later stage winning a tie as a later epoch does. `restore` loads the winner."""
+
+    def __init__(self):
+        self.stage, self.accuracy, self.state = None, -1.0, None
+
+    def offer(self, stage, accuracy: float, reward: nn.Module) -> None:
+        if accuracy >= self.accuracy:
+            self.stage, self.accuracy, self.state = stage, accuracy, copy.deepcopy(reward.state_dict())
+
+    def restore(self, reward: nn.Module) -> None:
+        reward.load_state_dict(self.state)
 
 
 class PairwiseMethod(IRLMethod):
