@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from bench.reporting.html import figure_html, method_colours, new_figure, plotting, png_bytes
+from bench.lm.rerlhf_seeds import seed_level, seed_lines
+from bench.reporting.html import figure_html, markdown_as_html, method_colours, new_figure, plotting, png_bytes
 from bench.scoring.estimate import format_estimate
 from bench.storage.results import read_selected
 from bench.storage.selection import Selection
@@ -32,7 +33,7 @@ def realign_results(group_dir: Path, selection: Selection) -> dict:
                        "toxic_rate": _at_n(curve, "toxic_rate"), "curve": curve}
                for judge, curve in result["bon"].items()}
         rows.append({"method": method, "seed": result["seed"], "trial_id": trial_id, "bon": bon,
-                     **{k: result[k] for k in ("policy", "comparison", "training") if k in result}})
+                     **{k: result[k] for k in ("policy", "comparison", "training", "items") if k in result}})
 
     def key(row):
         value = row.get("comparison", {}).get("eval", {}).get("mean_toxicity", {}).get("recovery_ratio", {})
@@ -155,6 +156,7 @@ def render_policies(doc: dict) -> list[str]:
                 cells = [c for j in judges for c in (format_estimate(r["bon"][j]["mean_toxicity"]),
                                                      format_estimate(r["bon"][j]["toxic_rate"]))]
                 lines.append(f"| {r['method']} | {r['seed']} | " + " | ".join(cells) + " |")
+        lines += seed_lines(doc.get("rerlhf_seeds"))
         lines += outcome_lines(doc.get("offline_vs_outcome"))
         for f in rerlhf["failures"]:
             lines.append(f"- re-alignment of `{f['method']}` failed (trial `{f['trial_id']}`): {f['error']}")
@@ -219,9 +221,6 @@ def best_of_n_figure(doc: dict, rows: list[dict]) -> bytes:
     return png_bytes(fig)
 
 
-@plotting
-
-
 class PolicySections:
     """The detox task's report sections (see bench/reporting/sections.py)."""
 
@@ -229,7 +228,11 @@ class PolicySections:
         if selection.realign_mode == "off":
             return {}
         realigned = realign_results(group_dir, selection)
-        return {"rerlhf": realigned, "offline_vs_outcome": offline_vs_outcome(doc["rows"], realigned["rows"])}
+        over_seeds = seed_level(realigned["rows"]) if realigned["mode"] != "bon" else None
+        for row in realigned["rows"]:  # per-completion scores feed the seed-level table, not the document
+            row.pop("items", None)
+        return {"rerlhf": realigned, "rerlhf_seeds": over_seeds,
+                "offline_vs_outcome": offline_vs_outcome(doc["rows"], realigned["rows"])}
 
     def markdown(self, doc: dict) -> list[str]:
         return render_policies(doc)
@@ -251,7 +254,8 @@ class PolicySections:
                 "Best-of-m on the shared pool of π₀ samples per test prompt: the toxicity of the sample each "
                 "method's recovered reward ranks highest among m, unbiased over all m-subsets of the pool, "
                 "under the evaluation judge and under R* (shaded: 95% bootstrap CI over prompts).")]
-        return parts
+        tables = seed_lines(doc.get("rerlhf_seeds")) + outcome_lines(doc.get("offline_vs_outcome"))
+        return parts + markdown_as_html(tables)
 
 
 POLICY_SECTIONS = PolicySections()

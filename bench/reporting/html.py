@@ -97,22 +97,35 @@ def render(doc: dict, sections: ReportSections | None = None) -> str:
 
 def _power(doc: dict) -> list[str]:
     """The Markdown power paragraph and probability-of-improvement table, as HTML."""
+    return markdown_as_html(power_lines(doc))
+
+
+def markdown_as_html(lines: list[str]) -> list[str]:
+    """The few Markdown shapes the boards write — paragraphs, headings and pipe tables — as HTML."""
     e = html.escape
-    parts = []
-    for line in power_lines(doc):
-        if line.startswith("|---") or not line:
+    parts, in_table = [], False
+    for line in lines:
+        if line.startswith("|---"):
             continue
-        if line.startswith("| method"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            parts += ['<div class="scroll"><table><thead><tr>' + "".join(f"<th>{e(c)}</th>" for c in cells)
-                      + "</tr></thead><tbody>"]
+        if in_table and not line.startswith("|"):
+            parts.append("</tbody></table></div>")
+            in_table = False
+        if not line:
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("|") and not in_table:
+            parts.append('<div class="scroll"><table><thead><tr>' + "".join(f"<th>{e(c)}</th>" for c in cells)
+                         + "</tr></thead><tbody>")
+            in_table = True
         elif line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>"]
+            parts.append("<tr>" + "".join(f"<td>{e(c)}</td>" for c in cells) + "</tr>")
+        elif line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")), 4)
+            parts.append(f"<h{level}>{e(line.lstrip('#').strip())}</h{level}>")
         else:
-            parts += [f'<p class="note">{e(line.replace("**", "").replace("`", ""))}</p>']
-    if any(p.startswith('<div class="scroll"><table>') for p in parts):
-        parts += ["</tbody></table></div>"]
+            parts.append(f'<p class="note">{e(line.replace("**", "").replace("`", ""))}</p>')
+    if in_table:
+        parts.append("</tbody></table></div>")
     return parts
 
 
