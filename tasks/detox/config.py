@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -90,6 +91,13 @@ def parse_judge(text: str) -> dict:
     if option is None:
         raise BadInput(f"judge {kind!r} takes no ':' argument; write it as JSON to pass options.")
     return {"type": kind, option: arg}
+
+
+def non_default(cfg: DetoxConfig, *names: str) -> dict:
+    """{name: value} of those settings that differ from their defaults. A setting found missing from an artifact
+    key joins the key this way, so that every key made at the default (and every published result) stays valid."""
+    defaults = {f.name: f.default for f in dataclasses.fields(DetoxConfig)}
+    return {name: getattr(cfg, name) for name in names if getattr(cfg, name) != defaults[name]}
 
 
 def recipe_settings(cfg: DetoxConfig) -> dict:

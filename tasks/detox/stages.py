@@ -25,7 +25,7 @@ from bench.lm.realign_trial import SETUP_FILE, RealignSetup
 from bench.progress import Stages
 from bench.storage.artifacts import Artifact, ArtifactCache, atomic_write_json, content_hash
 from bench.task import hash_texts, split_fingerprints
-from tasks.detox.config import TINY, DetoxConfig, parse_judge, recipe_settings
+from tasks.detox.config import TINY, DetoxConfig, non_default, parse_judge, recipe_settings
 from tasks.detox.prompts import dir_hash, heldout_prompts, load_prompts, split_prompts
 from tasks.detox.summary import spearman
 from tasks.detox.tiny_lm import train_tiny_lm
@@ -111,7 +111,11 @@ def base_model(b: Build) -> None:
 def expert(b: Build) -> None:
     """π_E: audited (an existing RLHF'd model) or trained here with the recipe against R*."""
     if b.cfg.expert_model:
-        b.expert = (resolve_model_dir(b.cfg.expert_model, b.cache), {"audited": b.cfg.expert_model})
+        # A local directory's content joins the key (a hub id names a published model); absent for hub ids, so the
+        # keys of audits of hub models stay as they were.
+        local = Path(b.cfg.expert_model)
+        revision = {"revision": dir_hash(local)} if local.is_dir() else {}
+        b.expert = (resolve_model_dir(b.cfg.expert_model, b.cache), {"audited": b.cfg.expert_model, **revision})
         b.expert_info = {"mode": "audited", "model": b.cfg.expert_model, "beta": None}
         return
     recipe = rlhf.recipe_from(recipe_settings(b.cfg))
@@ -140,9 +144,12 @@ def samples(b: Build) -> None:
     """k completions per prompt of every split from π_E and π₀: the demonstrations' texts. The generation engine
     (`gen_engine`) joins the decoding settings, and so the key, only when it is not the reference transformers."""
     cfg = b.cfg
+    # gen_batch_size chunks and seeds the prompts (write_generations), so it changes the samples; it was missing from
+    # the key and joins it only when not the default, so samples drawn at the default keep their keys.
     decoding = {"completions_per_prompt": cfg.completions_per_prompt, "max_new_tokens": cfg.max_new_tokens,
                 "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0, "seed": cfg.data_seed,
-                "chat_template": False, "prompt_included_in_text": False, **key_part(b.engine)}
+                "chat_template": False, "prompt_included_in_text": False, **key_part(b.engine),
+                **non_default(cfg, "gen_batch_size")}
     inputs = {"prompts": {s: hash_texts(p) for s, p in b.splits.items()}, "base": b.base[1], "expert": b.expert[1],
               "decoding": decoding}
     b.artifacts["samples"] = b.cache.get_or_build(
