@@ -7,6 +7,9 @@ the object has three methods, each given the leaderboard document:
                                                 document (JSON-ready)
     markdown(doc) -> list[str]               Markdown lines placed after the failed trials
     html(doc) -> list[str]                   HTML parts (e.g. figures) placed after the generic figures
+
+The core adds its own sections after the task's, in the same way: the Ambiguity table (bench/reporting/ambiguity.py),
+which a board shows only when its run group has one, so other boards are unchanged.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import functools
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol
+
+from bench.reporting.ambiguity import SECTION as AMBIGUITY
 
 
 class ReportSections(Protocol):
@@ -25,8 +30,51 @@ class ReportSections(Protocol):
     def html(self, doc: dict) -> list[str]: ...
 
 
+class Chained:
+    """Several sections as one, in order."""
+
+    def __init__(self, sections: list[ReportSections]):
+        self.sections = sections
+
+    def document(self, group_dir: Path, selection, doc: dict) -> dict:
+        extra = {}
+        for section in self.sections:
+            extra.update(section.document(group_dir, selection, doc))
+        return extra
+
+    def markdown(self, doc: dict) -> list[str]:
+        return [line for section in self.sections for line in section.markdown(doc)]
+
+    def html(self, doc: dict) -> list[str]:
+        return [part for section in self.sections for part in section.html(doc)]
+
+
+EVERY_TASK = "*"
+
+
+class Combined:
+    """Several tasks' worth of sections shown as one, in order; each document() sees the keys of those before."""
+
+    def __init__(self, parts: list[ReportSections]):
+        self.parts = parts
+
+    def document(self, group_dir: Path, selection, doc: dict) -> dict:
+        extra: dict = {}
+        for part in self.parts:
+            extra.update(part.document(group_dir, selection, doc | extra))
+        return extra
+
+    def markdown(self, doc: dict) -> list[str]:
+        return [line for part in self.parts for line in part.markdown(doc)]
+
+    def html(self, doc: dict) -> list[str]:
+        return [piece for part in self.parts for piece in part.html(doc)]
+
+
 @functools.cache
 def sections_for(task: str) -> ReportSections | None:
-    """The task's report sections, or None when it registers none."""
-    found = [ep for ep in entry_points(group="irl_bench.report_sections") if ep.name == task]
-    return found[0].load() if found else None
+    """The task's report sections and those of every task, or None when none is registered."""
+    found = entry_points(group="irl_bench.report_sections")
+    parts = [ep.load() for name in (task, EVERY_TASK) for ep in sorted(found, key=lambda ep: ep.value)
+             if ep.name == name]
+    return None if not parts else parts[0] if len(parts) == 1 else Combined(parts)
