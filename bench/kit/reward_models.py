@@ -212,8 +212,9 @@ class FrozenLMFeatures:
         """The frozen LM, loaded only when a text is missing from the features table."""
         from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy; most fits never need the backbone
 
-        tok = AutoTokenizer.from_pretrained(self.spec["model"])
-        model = AutoModelForCausalLM.from_pretrained(self.spec["model"], dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(self.spec["model"], trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(self.spec["model"], dtype=torch.float32,
+                                                     trust_remote_code=False)
         return model.eval(), tok
 
     def encode(self, prompts: list[str], completions: list[str]) -> torch.Tensor:

@@ -187,7 +187,7 @@ class CT2Sampler:
     def __init__(self, model_dir: str, converted: Path, compute_type: str, chat: bool = False):
         import ctranslate2  # optional dependency (the `fast` extra)
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
         self.chat = chat
         generation = GenerationConfig.from_pretrained(model_dir) if (Path(model_dir) /
                                                                      "generation_config.json").is_file() else None

@@ -107,11 +107,11 @@ def train_policy(out: Path, base_dir: str, reward_fn, prompts: list[str], recipe
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     transformers.set_seed(recipe.seed)  # before any model (or LoRA adapter) is built
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Loaded from a path, so `_name_or_path` lets TRL reload the reference model when beta > 0.
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=False)
 
     def trl_reward(prompts, completions, **kwargs):
         as_text = lambda xs: [x if isinstance(x, str) else x[-1]["content"] for x in xs]  # noqa: E731

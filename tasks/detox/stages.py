@@ -306,8 +306,9 @@ def write_features(out: Path, samples: dict, backbone_dir: str, policies: dict |
         policy = policies["base" if cfg.feature_backbone == "base" else "expert"]
         model, tok = policy.model, policy.tokenizer
     else:
-        tok = AutoTokenizer.from_pretrained(backbone_dir)
-        model = AutoModelForCausalLM.from_pretrained(backbone_dir, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(backbone_dir, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(backbone_dir, dtype=torch.float32,
+                                                     trust_remote_code=False).eval()
     advance = stages.stage("features: frozen backbone", len(pairs))
     feats = lm_features(model, tok, [p for p, _ in pairs], [y for _, y in pairs], batch_size=16,
                         max_length=cfg.feature_max_length, progress=advance)
