@@ -30,25 +30,6 @@ class ReportSections(Protocol):
     def html(self, doc: dict) -> list[str]: ...
 
 
-class Chained:
-    """Several sections as one, in order."""
-
-    def __init__(self, sections: list[ReportSections]):
-        self.sections = sections
-
-    def document(self, group_dir: Path, selection, doc: dict) -> dict:
-        extra = {}
-        for section in self.sections:
-            extra.update(section.document(group_dir, selection, doc))
-        return extra
-
-    def markdown(self, doc: dict) -> list[str]:
-        return [line for section in self.sections for line in section.markdown(doc)]
-
-    def html(self, doc: dict) -> list[str]:
-        return [part for section in self.sections for part in section.html(doc)]
-
-
 EVERY_TASK = "*"
 
 
@@ -72,9 +53,9 @@ class Combined:
 
 
 @functools.cache
-def sections_for(task: str) -> ReportSections | None:
-    """The task's report sections and those of every task, or None when none is registered."""
+def sections_for(task: str) -> ReportSections:
+    """The task's report sections, those of every task, then the core's (the Ambiguity table)."""
     found = entry_points(group="irl_bench.report_sections")
     parts = [ep.load() for name in (task, EVERY_TASK) for ep in sorted(found, key=lambda ep: ep.value)
              if ep.name == name]
-    return None if not parts else parts[0] if len(parts) == 1 else Combined(parts)
+    return Combined(parts + [AMBIGUITY])
