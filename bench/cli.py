@@ -113,7 +113,31 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--min-count", type=int, default=2, help="word view: test completions a word must be in")
     audit.add_argument("--json", action="store_true", help="emit the document as JSON")
     audit.add_argument("--html", type=Path, default=None, help="also write a self-contained HTML page here")
+
+    amb = sub.add_parser("ambiguity", help="refit a run's methods over seeds, bootstrap resamples and regularisation "
+                                           "strengths -> three ambiguity spreads (docs/ambiguity.md)")
+    amb.add_argument("--task", required=True)
+    amb.add_argument("--profile", default="default", help="the stored run of this profile")
+    amb.add_argument("--methods", default="trained",
+                     help="trained (the run's methods with a weight_decay), or NAME[,NAME...] of the run's methods")
+    amb.add_argument("--resamples", type=int, default=5, help="bootstrap resamples of the training prompts")
+    amb.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 in the identifiability grid")
+    amb.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    amb.add_argument("--address", default=None, help="join an existing Ray cluster")
+    amb.add_argument("--gpus-per-trial", type=float, default=0.0)
     return parser
+
+
+def cmd_ambiguity(args, console) -> int:
+    from bench.execution import ambiguity
+
+    report = ambiguity.run_ambiguity(ambiguity.AmbiguityRequest(
+        task=args.task, profile=args.profile, methods=args.methods, resamples=args.resamples, seeds=args.seeds,
+        runs_dir=args.runs_dir, address=args.address, gpus_per_trial=args.gpus_per_trial), console)
+    for method, m in report.methods.items():
+        console.print(f"{method}: " + "; ".join(f"{k} {m[k]['mean']} {m[k]['ci']}" for k in
+                                                  ("seeds", "data", "identifiability")), highlight=False)
+    return 0
 
 
 def cmd_inspect(args, console) -> int:
@@ -287,6 +311,7 @@ def main(argv=None) -> int:
                 "compare": cmd_compare, "publish": cmd_publish, "env": cmd_env, "cache": cmd_cache}
     handlers["worlds"] = cmd_worlds
     handlers["inspect"] = cmd_inspect
+    handlers["ambiguity"] = cmd_ambiguity
     try:
         return handlers[args.command](args, console)
     except (BadInput, RuntimeFailure) as exc:
