@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("inspect", help="audit view: failure pairs by kind, R* bins, what each reward penalises")
     audit.add_argument("--task", required=True)
     audit.add_argument("--runs-dir", type=Path, default=Path("runs"), help="results for the committed runs")
-    audit.add_argument("--method", default=None, help="failure pairs and attribution of this method only")
+    audit.add_argument("--profile", default=None, help="the run of this profile (default: the task's latest run)")
+    audit.add_argument("--method", default=None, help="failure pairs of this method only (and its refit token probe)")
     audit.add_argument("--top", type=int, default=10, help="K: pairs shown per kind, tokens/words, precision@K")
     audit.add_argument("--min-count", type=int, default=2, help="word view: test completions a word must be in")
     audit.add_argument("--json", action="store_true", help="emit the document as JSON")
@@ -145,8 +146,8 @@ def cmd_inspect(args, console) -> int:
 
     from bench.audit import render, view
 
-    doc = view.inspect(view.InspectRequest(task=args.task, runs_dir=args.runs_dir, method=args.method, top=args.top,
-                                           min_count=args.min_count))
+    doc = view.inspect(view.InspectRequest(task=args.task, runs_dir=args.runs_dir, profile=args.profile,
+                                           method=args.method, top=args.top, min_count=args.min_count))
     if args.html is not None:
         print(f"wrote {render.write_html(doc, args.html)}", file=sys.stderr)
     sys.stdout.write(json.dumps(doc, indent=1, ensure_ascii=False) + "\n" if args.json else render.render_text(doc))

@@ -8,11 +8,18 @@ import pytest
 
 from bench import config as configs
 from bench import registry
-from bench.audit.attribution import precision_at_k, presence, profanity_weights, top_profane, word_effects
+from bench.audit.attribution import (
+    least_squares_weights,
+    precision_at_k,
+    presence,
+    profanity_weights,
+    top_profane,
+    word_effects,
+)
 from bench.audit.pairs import accuracy_by_kind, agreement_by_bin, failure_pairs, pair_kinds
-from bench.audit.refit import least_squares_weights
 from bench.audit.view import InspectRequest, inspect
 from bench.cli import main
+from bench.errors import BadInput
 from bench.execution.fit_trial import TrialSpec, run_trial
 from bench.storage.selection import MethodSelection, Selection
 
@@ -121,25 +128,73 @@ def test_bench_inspect_on_the_committed_detox_results(capsys, tmp_path):
                  "--json"])
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
+    # the held-out pool, not the 40-prompt test split: 2492 judged completions of 463 prompts
+    assert doc["split"] == "pool" and doc["scored"]["items"] == 2492 and doc["scored"]["prompts"] == 463
     view = doc["attribution"]
     assert view["attribution"] == "word effects (stored rewards)"
     assert view["judge"]["top_words"][0][0] == "fuck"
+    methods = [m for m in json.loads((REPO / "results/detox/default/selection.json").read_text())["methods"]]
+    assert set(view["methods"]) == set(doc["methods"]) == set(methods)  # every method's words, not only the focus
+    for entry in view["methods"].values():
+        assert len(entry["top_words"]) == 10 and 0 <= entry["overlap_judge"]["mean"] <= 1
     fa = view["methods"]["failure_aware"]
-    assert len(fa["top_words"]) == 10 and fa["overlap_judge"]["n"] == 5 and 0 <= fa["overlap_judge"]["mean"] <= 1
-    assert sum(doc["methods"]["failure_aware"]["by_kind"][k]["pairs"] for k in doc["kinds"]) == doc["test"]["pairs"]
+    assert fa["overlap_judge"]["n"] == 5 and len(fa["overlap_judge"]["ci"]) == 2
+    assert view["methods"]["oracle"]["overlap_rstar"]["mean"] == 1.0  # R*'s own stored rewards: its own effects
+    for entry in doc["methods"].values():
+        assert sum(entry["by_kind"][k]["pairs"] for k in doc["kinds"]) == doc["scored"]["pairs"]
+    assert list(doc["failures"]) == ["failure_aware"] and doc["focus"] == ["failure_aware"]
     page = tmp_path / "audit.html"
     assert main(["inspect", "--task", "detox", "--runs-dir", str(REPO / "results"), "--method", "failure_aware",
-                 "--html", str(page)]) == 0
+                 "--profile", "default", "--html", str(page)]) == 0
     text = capsys.readouterr().out
     assert "<h2>What each recovered reward penalises</h2>" in page.read_text() and "failure_aware" in page.read_text()
     assert "overlap with judge @10" in text and "failure_aware · bad→good" in text
-    assert "most penalised words" in text
+    assert "most penalised words" in text and "scored on the held-out pool" in text
 
 
 def test_bench_inspect_bad_input_names_the_fix(capsys, tmp_path):
     assert main(["inspect", "--task", "detox", "--runs-dir", str(REPO / "results"), "--method", "nope"]) == 2
     assert "use one of: bradley_terry" in capsys.readouterr().err
     assert main(["inspect", "--task", "detox", "--runs-dir", str(REPO / "results"), "--top", "0"]) == 2
+    assert main(["inspect", "--task", "detox", "--runs-dir", str(REPO / "results"), "--profile", "smoke"]) == 2
+    assert "no stored run of detox with profile 'smoke'" in capsys.readouterr().err
     assert main(["inspect", "--task", "detox", "--runs-dir", str(tmp_path)]) == 2
     assert main(["inspect", "--task", "detox", "--runs-dir", str(REPO / "results"), "--method", "random",
                  "--html", str(tmp_path / "missing" / "a.html")]) == 2
+
+
+def test_the_leaderboard_carries_the_audit_section(tiny_run):
+    """The stored-reward part of the audit is a section of every task's board (bench/audit/section.py)."""
+    from bench.reporting import document as leaderboard
+    from bench.reporting.sections import sections_for
+
+    doc = leaderboard.build(tiny_run / "synthetic" / "tiny")
+    audit = doc["audit"]
+    assert audit["split"] == "test" and audit["scored"]["pairs"] == sum(
+        audit["methods"]["oracle"]["by_kind"][k]["pairs"] for k in audit["kinds"])
+    tokens = audit["attribution"]
+    assert tokens["attribution"] == "token weights (least squares, stored rewards)"
+    # R*'s stored rewards regressed on token counts give R*'s own weights: the oracle's ranking is R*'s, exactly
+    assert tokens["methods"]["oracle"]["precision_at_k"]["mean"] == 1.0
+    assert tokens["methods"]["oracle"]["spearman"]["mean"] == pytest.approx(1.0)
+    assert tokens["methods"]["bradley_terry"]["precision_at_k"]["mean"] >= 0.6
+    sections = sections_for("synthetic")  # the audit is registered for every task
+    md, page = "\n".join(sections.markdown(doc)), "\n".join(sections.html(doc))
+    assert "## Audit: where each recovered reward fails and what it penalises" in md
+    assert "| oracle | 1.000 [1.000, 1.000] / 1.000 [1.000, 1.000] |" in md  # bad→good, R* itself
+    assert "<h2>Audit: where each recovered reward fails and what it penalises</h2>" in page
+    assert "<h3>Agreement with R* by R* bin</h3>" in page
+
+
+def test_profile_picks_the_run_group_even_with_overridden_settings(tmp_path):
+    from bench.audit.view import group_of
+
+    for name in ("default", "smoke-0a1b2c3d", "smoke-99887766"):
+        (tmp_path / "detox" / name).mkdir(parents=True)
+        (tmp_path / "detox" / name / "selection.json").write_text("{}")
+    (tmp_path / "detox" / "latest.json").write_text(json.dumps({"group": "smoke-0a1b2c3d"}))
+    assert group_of(tmp_path, "detox", None).name == "smoke-0a1b2c3d"
+    assert group_of(tmp_path, "detox", "default").name == "default"
+    assert group_of(tmp_path, "detox", "smoke").name == "smoke-0a1b2c3d"  # the latest run of that profile
+    with pytest.raises(BadInput, match="use one of: default, smoke-0a1b2c3d, smoke-99887766"):
+        group_of(tmp_path, "detox", "pythia-70m-audit")

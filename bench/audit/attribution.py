@@ -27,7 +27,8 @@ import numpy as np
 
 from bench.audit.pairs import standardised
 from bench.audit.seeds import over_seeds
-from bench.scoring.metrics import spearman
+from bench.scoring.metrics import centre_per_prompt, spearman
+from bench.scoring.worlds import token_counts
 
 WORD = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token pattern, the one alt-profanity-check uses
 
@@ -55,6 +56,23 @@ def agreement(per_seed_weights: list[np.ndarray], reference: np.ndarray, k: int)
     return {"precision_at_k": over_seeds([precision_at_k(w, reference, k) if np.ptp(w) > 0 else None
                                           for w in per_seed_weights]),
             "spearman": over_seeds([spearman(w, reference) if np.ptp(w) > 0 else None for w in per_seed_weights])}
+
+
+def least_squares_weights(reward: np.ndarray, prompt_ids: np.ndarray, texts: list[str], vocab: list[str]) -> np.ndarray:
+    """Token weights w minimising ‖centred r̂ − centred counts · w‖ over the test items (per-prompt centring of both
+    absorbs any per-prompt shift): exact for a reward linear in token counts, up to a common shift of all weights
+    when every completion has the same length (the minimum-norm solution is taken; ranks are unaffected)."""
+    counts = token_counts(texts, vocab)
+    ids = np.unique(prompt_ids, return_inverse=True)[1]
+    means = np.zeros((ids.max() + 1, len(vocab)))
+    np.add.at(means, ids, counts)
+    centred = counts - (means / np.bincount(ids)[:, None])[ids]
+    return np.linalg.lstsq(centred, centre_per_prompt(reward, prompt_ids), rcond=None)[0]
+
+
+def standardised_weights(weights: np.ndarray) -> np.ndarray:
+    sd = weights.std()
+    return (weights - weights.mean()) / sd if sd > 0 else np.zeros_like(weights)
 
 
 # ------------------------------------------------------------------------------------ word effects (stored rewards)

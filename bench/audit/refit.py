@@ -7,11 +7,15 @@ from __future__ import annotations
 import numpy as np
 
 from bench import registry
-from bench.audit.attribution import agreement, most_penalised, probe_token_weights
+from bench.audit.attribution import (
+    agreement,
+    least_squares_weights,
+    most_penalised,
+    probe_token_weights,
+    standardised_weights,
+)
 from bench.data import TaskData
 from bench.execution.fit_trial import TrialSpec, fit_reward
-from bench.scoring.metrics import centre_per_prompt
-from bench.scoring.worlds import token_counts
 from bench.storage.selection import Selection
 
 WHY = ("token probe (refit): the task's encoder is bag-of-tokens counts, so each trial's reward is refitted "
@@ -20,23 +24,6 @@ WHY = ("token probe (refit): the task's encoder is bag-of-tokens counts, so each
 
 
 DRIFT = 1e-3
-
-
-def least_squares_weights(reward: np.ndarray, prompt_ids: np.ndarray, texts: list[str], vocab: list[str]) -> np.ndarray:
-    """Token weights w minimising ‖centred r̂ − centred counts · w‖ over the test items (per-prompt centring of both
-    absorbs any per-prompt shift): exact for a reward linear in token counts, up to a common shift of all weights
-    when every completion has the same length (the minimum-norm solution is taken; ranks are unaffected)."""
-    counts = token_counts(texts, vocab)
-    ids = np.unique(prompt_ids, return_inverse=True)[1]
-    means = np.zeros((ids.max() + 1, len(vocab)))
-    np.add.at(means, ids, counts)
-    centred = counts - (means / np.bincount(ids)[:, None])[ids]
-    return np.linalg.lstsq(centred, centre_per_prompt(reward, prompt_ids), rcond=None)[0]
-
-
-def standardised_weights(weights: np.ndarray) -> np.ndarray:
-    sd = weights.std()
-    return (weights - weights.mean()) / sd if sd > 0 else np.zeros_like(weights)
 
 
 def token_view(selection: Selection, data: TaskData, trials: dict[str, list[dict]], k: int) -> dict:

@@ -21,7 +21,7 @@ def tables(doc: dict) -> list[dict]:
     methods = doc["methods"]
     kinds = list(doc["kinds"])
     out = [{
-        "title": "Pair accuracy by kind of test pair (R* labels of rejected → chosen)",
+        "title": f"Pair accuracy by kind of pair, {doc['split_name']} (R* labels of rejected → chosen)",
         "notes": [f"{k}: {text}" for k, text in doc["kinds"].items()]
         + ["cell: pair accuracy (agreement with the expert's choice) / R* order; " + doc["ci"]],
         "header": ["method"] + [f"{k} ({next(iter(methods.values()))['by_kind'][k]['pairs']} pairs)" for k in kinds],
@@ -44,20 +44,22 @@ def tables(doc: dict) -> list[dict]:
     a = doc["attribution"]
     notes = [f"attribution: {a['why']}", f"reference: {a['reference']}"]
     if a["attribution"].startswith("token"):
+        refit = a["attribution"] == "token probe (refit)"
         notes.append(f"R*'s {a['k']} most penalised tokens: {_words(a['truth_top'])}")
         notes.append(f"chance precision@{a['k']}: {a['chance_precision']} ({a['vocab_size']} tokens)")
         rows = [[m, e["how"] if e["how"] == "refit" else "least squares (no refit)",
-                 format_estimate(e["precision_at_k"], 2), format_estimate(e["spearman"]),
-                 format_estimate(e["stored_least_squares"]["precision_at_k"], 2), _words(e["top_tokens"])]
-                for m, e in a["methods"].items()]
-        header = ["method", "weights from", f"precision@{a['k']}", "Spearman ρ (vocabulary)",
-                  f"precision@{a['k']} (least squares, stored r̂)", "most penalised tokens (mean standardised weight)"]
-        notes += [f"{m}: {e['how']}" for m, e in a["methods"].items() if e["how"] != "refit"]
+                 format_estimate(e["precision_at_k"], 2), format_estimate(e["spearman"])]
+                + ([format_estimate(e["stored_least_squares"]["precision_at_k"], 2)] if refit else [])
+                + [_words(e["top_tokens"])] for m, e in a["methods"].items()]
+        header = ["method", "weights from", f"precision@{a['k']}", "Spearman ρ (vocabulary)"] \
+            + ([f"precision@{a['k']} (least squares, stored r̂)"] if refit else []) \
+            + ["most penalised tokens (mean standardised weight)"]
+        notes += [f"{m}: {e['how']}" for m, e in a["methods"].items() if refit and e["how"] != "refit"]
         notes += [f"{m}: the refit does not reproduce the stored test rewards (max |Δ| = {e['refit_drift']:.3g} × "
                   f"their sd); its weights describe the refitted reward" for m, e in a["methods"].items()
-                  if e["reproduced"] is False]
+                  if e.get("reproduced") is False]
     else:
-        notes.append(f"candidate words: {a['candidates']} (in ≥ {a['min_count']} test completions); chance "
+        notes.append(f"candidate words: {a['candidates']} (in ≥ {a['min_count']} scored completions); chance "
                      f"precision@{a['k']}: {a['chance_precision']}")
         notes.append(f"R*'s most penalised candidate words (same attribution on R*): {_words(a['rstar_top'])}")
         judge = a["judge"]
@@ -95,11 +97,42 @@ def _pair_line(p: dict) -> str:
             f"R* {p['rstar_chosen']:+.3f} vs {p['rstar_rejected']:+.3f}: {p['verdict']}")
 
 
+def scored_line(doc: dict) -> str:
+    """Which items the numbers come from, and how many."""
+    s = doc["scored"]
+    return (f"scored on the {doc['split_name']} ({doc['split']}): {s['items']} completions of {s['prompts']} "
+            f"prompts, {s['pairs']} pairs, {s['bad_items']} bad items")
+
+
+def html_tables(doc: dict, level: int = 2) -> list[str]:
+    """The tables as HTML parts with headings of `level` (the leaderboard's section nests them one deeper)."""
+    esc, parts = html.escape, []
+    for table in tables(doc):
+        parts.append(f"<h{level}>{esc(table['title'])}</h{level}>")
+        parts += [f"<p class='note'>{esc(n)}</p>" for n in table["notes"]]
+        head = "".join(f"<th>{esc(h)}</th>" for h in table["header"])
+        body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in table["rows"])
+        parts.append(f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+    return parts
+
+
+def markdown_tables(doc: dict, level: int = 3) -> list[str]:
+    """The tables as Markdown lines with headings of `level`."""
+    def cell(text) -> str:
+        return str(text).replace("|", "\\|")
+
+    lines = []
+    for table in tables(doc):
+        lines += ["", "#" * level + f" {table['title']}", ""] + [f"- {n}" for n in table["notes"]] + [""]
+        lines.append("| " + " | ".join(cell(h) for h in table["header"]) + " |")
+        lines.append("|" + "---|" * len(table["header"]))
+        lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in table["rows"]]
+    return lines
+
+
 def render_text(doc: dict) -> str:
-    t = doc["test"]
     lines = [f"bench inspect: {doc['task']} ({doc['profile']}), {doc['group']}",
-             f"test: {t['items']} completions, {t['pairs']} pairs, {t['bad_items']} bad items; "
-             f"methods in focus: {', '.join(doc['focus'])}", ""]
+             f"{scored_line(doc)}; methods in focus: {', '.join(doc['focus'])}", ""]
     for table in tables(doc):
         lines += [f"## {table['title']}"] + [f"  {n}" for n in table["notes"]]
         widths = [max(len(str(c)) for c in column) for column in zip(table["header"], *table["rows"])]
@@ -121,14 +154,8 @@ def render_html(doc: dict) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>bench inspect: {esc(doc['task'])}</title>"
              f"<style>{CSS} td {{ white-space: normal; text-align: left; }}</style></head><body>",
              f"<h1>Audit view: {esc(doc['task'])} ({esc(doc['profile'])})</h1>",
-             f"<p class='note'>{esc(doc['group'])}: {doc['test']['items']} test completions, {doc['test']['pairs']} "
-             f"pairs, {doc['test']['bad_items']} bad items.</p>"]
-    for table in tables(doc):
-        parts.append(f"<h2>{esc(table['title'])}</h2>")
-        parts += [f"<p class='note'>{esc(n)}</p>" for n in table["notes"]]
-        head = "".join(f"<th>{esc(h)}</th>" for h in table["header"])
-        body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in table["rows"])
-        parts.append(f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+             f"<p class='note'>{esc(doc['group'])}: {esc(scored_line(doc))}.</p>"]
+    parts += html_tables(doc)
     parts.append("<h2>Failure pairs</h2><p class='note'>" + esc(
         f"misclassified, or |margin| < {doc['near_tie']} sd of the centred reward; margin averaged over seeds")
         + "</p>")

@@ -20,14 +20,13 @@ from bench.scoring.metrics import spearman
 
 WHY = ("word effects (stored rewards): refitting needs the task's encoder (here a frozen LM and its features "
        "table), which the stored run does not carry, so a word's effect is the mean per-prompt-centred, z-scored "
-       "r̂ of the test completions containing it minus that of the completions without it (per seed); "
+       "r̂ of the scored completions containing it minus that of the completions without it (per seed); "
        "correlational: words that co-occur with penalised words share their effect")
 
 
-def judge_reference(ground_truth) -> dict[str, float] | None:
-    """The ground truth's word weights when it is alt-profanity-check (a JudgeReward of that judge), else None."""
-    judge = getattr(ground_truth, "judge", None)
-    return profanity_weights() if getattr(judge, "name", None) == "profanity_check" else None
+def profanity_reference(judge_spec: dict | None) -> dict[str, float] | None:
+    """alt-profanity-check's word weights when the ground truth's judge spec names it, else None."""
+    return profanity_weights() if (judge_spec or {}).get("type") == "profanity_check" else None
 
 
 def word_view(texts: list[str], prompt_ids: np.ndarray, truth: np.ndarray, rewards: dict[str, list[np.ndarray]],
