@@ -4,6 +4,7 @@ never a silent number, nothing half-written."""
 import ast
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import torch
 from bench import config as configs
 from bench.cli import main
 from bench.errors import BadInput, RuntimeFailure
+from bench.lm.assets import fetch_asset
+from bench.lm.bilstm import BiLSTMJudge, KerasWordTokenizer
 from bench.lm.judges import CheckedJudge, JudgeReward
 from bench.lm.policies import Policy
 from bench.storage.artifacts import ArtifactCache
@@ -139,3 +142,18 @@ def test_a_prompt_dataset_of_blank_and_control_only_prompts_is_refused_naming_it
     # usable prompts survive, stripped; the blank and control-only ones are dropped
     prompts.write_text("".join(json.dumps({"prompt": {"text": t}}) + "\n" for t in [*rows, " a cat\x07 ", "b"]))
     assert load_prompts(cfg, cache) == ["a cat\x07", "b"]
+
+
+def test_a_bilstm_tokenizer_pickle_that_would_run_code_is_refused(tmp_path, asset_cache):
+    """The BiLSTM judge unpickles its Keras tokenizer through an allow-list: a pickle calling os.system is refused,
+    naming the file, and the command never runs; the real tokenizer's globals are all allowed."""
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "tokenizer.pickle"
+    evil.write_bytes(pickle.dumps({"word_index": {"a": 1}, "payload": _Evil(marker)}))
+    with pytest.raises(RuntimeFailure, match=f"tokenizer pickle {evil} is refused: global (os|posix).system is not "
+                                             f"allowed"):
+        BiLSTMJudge(tmp_path / "model.weights.h5", evil)
+    assert not marker.exists()
+    # the real tokenizer (a Keras class, OrderedDict, defaultdict(int)) still loads through the allow-list
+    real = KerasWordTokenizer(fetch_asset("toxic-comment-classifier", asset_cache).file("tokenizer.pickle"))
+    assert real.num_words and len(real.word_index) > 1000

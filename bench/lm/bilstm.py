@@ -72,11 +72,20 @@ class _KerasStub:
         self.__dict__.update(state)
 
 
+# Everything else a Keras Tokenizer pickle refers to (its word counts and document counts). Any other global, such as
+# os.system in a pickle crafted to run code when loaded, is refused, so unpickling can only build these containers.
+_SAFE_GLOBALS = {("builtins", "int"), ("collections", "OrderedDict"), ("collections", "defaultdict")}
+
+
 class _NoKerasUnpickler(pickle.Unpickler):
+    """Keras classes become inert stubs; only `_SAFE_GLOBALS` load besides; any other global is an UnpicklingError."""
+
     def find_class(self, module, name):
         if module == "keras" or module.startswith("keras."):
             return _KerasStub
-        return super().find_class(module, name)
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a Keras tokenizer pickle")
 
 
 class KerasWordTokenizer:
@@ -86,7 +95,12 @@ class KerasWordTokenizer:
 
     def __init__(self, pickle_path: Path, maxlen: int = BILSTM_MAXLEN):
         with open(pickle_path, "rb") as fh:
-            keras_tok = _NoKerasUnpickler(fh).load()
+            try:
+                keras_tok = _NoKerasUnpickler(fh).load()
+            except pickle.UnpicklingError as exc:
+                raise RuntimeFailure(f"the tokenizer pickle {pickle_path} is refused: {exc}, so loading it could run "
+                                     f"code; rebuild the 'toxic-comment-classifier' asset (delete it from the cache)."
+                                     ) from None
         state = keras_tok.__dict__
         if state.get("char_level") or state.get("analyzer") is not None:
             raise RuntimeFailure(f"the tokenizer in {pickle_path} is not a word-level Keras tokenizer.")
