@@ -8,7 +8,8 @@ the object has three methods, each given the leaderboard document:
     markdown(doc) -> list[str]               Markdown lines placed after the failed trials
     html(doc) -> list[str]                   HTML parts (e.g. figures) placed after the generic figures
 
-The core adds its own sections after the task's, in the same way: the Ambiguity table (bench/reporting/ambiguity.py),
+An entry named `*` is shown on every task's board, after the task's own (the audit, bench/audit/section.py).
+The core adds its own sections after those, in the same way: the Ambiguity table (bench/reporting/ambiguity.py),
 which a board shows only when its run group has one, so other boards are unchanged.
 """
 
