@@ -42,8 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rerlhf-normalisation", default="batch", choices=["batch", "affine"],
                      help="how r̂ is scaled for re-alignment: z-scored per generation batch (batch), or one affine "
                           "map fitted on π₀'s training samples (affine: R* itself then reproduces the expert)")
+    run.add_argument("--head", default="linear", choices=["linear", "mlp"],
+                     help="the reward-model class (head over the frozen features) of every method that has one; "
+                          "one class per table: another class is its own run group <profile>+<head>")
     run.add_argument("--rerlhf-methods", default="all",
                      help="all (of --methods), or NAME[,NAME...]: which methods' rewards to re-align with")
+    run.add_argument("--tracker", default=None, choices=["tensorboard", "mlflow", "wandb"],
+                     help="also log every trial to TensorBoard (RUNS_DIR/<task>/<group>/ray), MLflow (a local file "
+                          "store <group>/mlruns, or MLFLOW_TRACKING_URI) or W&B (offline, <group>/wandb)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the plan (what is cached, what runs, the estimated time) and exit")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="show the libraries' own progress bars, warnings and info logs")
 
     sweep = sub.add_parser("sweep", help="tune a method on validation pairs; freeze the best config for `bench run`")
     target = sweep.add_mutually_exclusive_group(required=True)
@@ -53,13 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--profile", default="default")
     sweep.add_argument("--trials", type=int, default=8, help="configurations sampled from the search space")
     sweep.add_argument("--seeds-per-trial", type=int, default=1, help="tuning seeds per configuration")
-    sweep.add_argument("--scheduler", default="asha", help="asha (early stopping over tuning seeds) or fifo")
+    sweep.add_argument("--scheduler", default="fifo",
+                       help="fifo (every configuration completes: equal completed trials per method) or asha "
+                            "(early stopping over tuning seeds: cheaper, but completes a different count per method)")
     sweep.add_argument("--metric", default="val_pair_accuracy", help="validation-only objective")
     sweep.add_argument("--runs-dir", type=Path, default=Path("runs"))
     sweep.add_argument("--tuned-dir", type=Path, default=Path("tuned"), help="where frozen configs are written")
     sweep.add_argument("--address", default=None, help="join an existing Ray cluster")
     sweep.add_argument("--gpus-per-trial", type=float, default=0.0)
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    sweep.add_argument("--head", default="linear", choices=["linear", "mlp"],
+                       help="the reward-model class every tuned method is fixed to (not searched); frozen configs "
+                            "of another class than linear go to tuned/<task>/<profile>+<head>/")
 
     pub = sub.add_parser("publish", help="copy a task's latest run into a committed results directory")
     pub.add_argument("--task", required=True)
@@ -195,9 +210,14 @@ def cmd_run(args, console) -> int:
         leaderboards_dir=args.leaderboards_dir, assignments=args.set, address=args.address,
         gpus_per_trial=args.gpus_per_trial, bootstrap=args.bootstrap, tuned_dir=args.tuned_dir,
         rerlhf=args.rerlhf, rerlhf_seeds=args.rerlhf_seeds, rerlhf_methods=args.rerlhf_methods,
-        rerlhf_normalisation=args.rerlhf_normalisation,
+        rerlhf_normalisation=args.rerlhf_normalisation, head=args.head, tracker=args.tracker,
     )
     plan = pipeline.plan(request)
+    if args.dry_run:
+        from bench.execution import plan as preview
+
+        preview.render(preview.preview(plan), console)
+        return 0
     doc = pipeline.execute_plan(plan, console)
     print_summary(doc, console)
     failed = sum(len(r["failures"]) for r in doc["rows"])
@@ -214,6 +234,7 @@ def cmd_sweep(args, console) -> int:
         task=args.task, methods=args.methods, profile=args.profile, trials=args.trials,
         seeds_per_trial=args.seeds_per_trial, scheduler=args.scheduler, metric=args.metric, runs_dir=args.runs_dir,
         tuned_dir=args.tuned_dir, address=args.address, gpus_per_trial=args.gpus_per_trial, resume=args.resume,
+        head=args.head,
     )
     for method, frozen in sweep.sweep(request, console).items():
         b = frozen["budget"]

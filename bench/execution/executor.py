@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import socket
 from pathlib import Path
 from typing import Callable
 
@@ -15,27 +14,10 @@ import torch
 from ray import tune
 
 from bench.errors import BadInput
+from bench.execution.plan import check_resources  # noqa: F401 (validation lives with the plan; imported from here)
 from bench.storage.artifacts import content_hash
 
 TrialFn = Callable[[dict, Path], dict]
-
-
-def check_resources(address: str | None, gpus_per_trial: float) -> None:
-    """Refuse, before anything is written, a cluster that cannot be reached or GPUs this machine does not have."""
-    if address and address != "auto" and not address.startswith("ray://"):
-        host, _, port = address.rpartition(":")
-        try:
-            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
-        except (OSError, ValueError):
-            raise BadInput(
-                f"cannot reach a Ray cluster at {address!r}; start one there with `ray start --head`, "
-                f"or drop --address to run locally."
-            ) from None
-    if not address and gpus_per_trial > torch.cuda.device_count():
-        raise BadInput(
-            f"--gpus-per-trial {gpus_per_trial:g} asks for GPUs but this machine has "
-            f"{torch.cuda.device_count()}; use --gpus-per-trial 0 here."
-        )
 
 
 def init_ray(address: str | None, gpus_per_trial: float) -> None:
@@ -94,19 +76,43 @@ def _trainable(trial_fn: TrialFn):
         torch.set_num_threads(max(1, int(trial["threads"])))
         result = trial_fn(trial["spec"], Path(trial["result_path"]))
         tune.report({"ok": result["status"] == "ok",
-                     "val_pair_accuracy": result.get("val_pair_accuracy", float("nan"))})
+                     "val_pair_accuracy": result.get("val_pair_accuracy", float("nan")),
+                     "seconds": result.get("seconds", float("nan"))})
 
     return trainable
 
 
+def tracker_callbacks(tracker: str | None, results_dir: Path, experiment: str) -> list:
+    """Ray Tune's own logger callback for `--tracker` (checked by bench/execution/plan.py check_tracker): TensorBoard
+    event files in each trial's directory under `<group>/ray`, a local MLflow file store `<group>/mlruns` (unless
+    MLFLOW_TRACKING_URI names a server), or W&B offline runs under `<group>/wandb` (`wandb sync` uploads them)."""
+    group = results_dir.parent
+    if tracker == "tensorboard":
+        from ray.tune.logger import TBXLoggerCallback  # the integrations load only when asked for
+
+        return [TBXLoggerCallback()]
+    if tracker == "mlflow":
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (group / "mlruns").as_uri()
+        return [MLflowLoggerCallback(tracking_uri=uri, experiment_name=experiment)]
+    if tracker == "wandb":
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        os.environ.setdefault("WANDB_MODE", "offline")
+        return [WandbLoggerCallback(project="irl-bench", group=experiment, dir=str(group))]
+    return []
+
+
 def execute(specs: list, trial_fn: TrialFn, results_dir: Path, *, address=None, gpus_per_trial=0.0,
-            cpus_per_trial=1, progress: Callable[[], None] | None = None) -> None:
+            cpus_per_trial=1, progress: Callable[[], None] | None = None, tracker: str | None = None) -> None:
     """Run each spec (with `trial_id` and `to_json`) as a Ray Tune trial of `trial_fn`; each writes its own result
     file `<results_dir>/<trial_id>.json`."""
     if not specs:
         return
     init_ray(address, gpus_per_trial)
     results_dir = results_dir.resolve()  # Tune runs each trial in its own working directory
+    experiment = f"{results_dir.parent.parent.name}-{results_dir.parent.name}"  # <task>-<group>
     space = [{"spec": s.to_json(), "result_path": str(results_dir / f"{s.trial_id}.json"), "threads": cpus_per_trial}
              for s in specs]
     tuner = tune.Tuner(
@@ -117,7 +123,7 @@ def execute(specs: list, trial_fn: TrialFn, results_dir: Path, *, address=None, 
             name=f"run-{content_hash([s.trial_id for s in specs], 12)}",
             storage_path=str((results_dir.parent / "ray").resolve()),
             verbose=0,
-            callbacks=[TrialDone(progress)],
+            callbacks=[TrialDone(progress), *tracker_callbacks(tracker, results_dir, experiment)],
         ),
     )
     tuner.fit()

@@ -10,12 +10,13 @@ from pathlib import Path
 from bench import config as configs
 from bench import provenance, registry
 from bench.errors import BadInput, RuntimeFailure
-from bench.execution.executor import TrialFn, check_resources, execute
-from bench.execution.fit_trial import TrialSpec, run_fit_trial
+from bench.execution import plan as preview
+from bench.execution.fit_trial import run_fit_trial
+from bench.execution.plan import check_resources, check_tracker
 from bench.progress import progress_bar
 from bench.reporting import document as leaderboard
 from bench.storage.artifacts import atomic_write_json, cache_for, content_hash, file_lock
-from bench.storage.frozen import load_frozen
+from bench.storage.frozen import MAIN_HEAD, class_group, load_frozen
 from bench.storage.results import read_result, unfinished
 from bench.storage.selection import MethodSelection, Selection
 
@@ -39,6 +40,8 @@ class RunRequest:
     rerlhf_seeds: int = 1
     rerlhf_methods: str = "all"  # which of the selected methods are re-aligned (each costs an RLHF run)
     rerlhf_normalisation: str = "batch"  # how r̂ is scaled for the RL trainer (the task's realignment hook)
+    head: str = MAIN_HEAD  # the reward-model class of every method that has one: one class per table
+    tracker: str | None = None  # also log trials to tensorboard, mlflow or wandb (Ray Tune's logger callbacks)
 
 
 @dataclass
@@ -55,10 +58,12 @@ class RunPlan:
 
     @property
     def group(self) -> str:
-        """The run group: the profile, plus a hash when task settings were overridden."""
+        """The run group: the profile, plus a hash when task settings were overridden, plus the reward-model class
+        when it is not the main one (bench/storage/frozen.py `class_group`)."""
         defaults = configs.to_dict(self.task.config(self.profile))
         current = configs.to_dict(self.task_config)
-        return self.profile if current == defaults else f"{self.profile}-{content_hash(current, 8)}"
+        group = self.profile if current == defaults else f"{self.profile}-{content_hash(current, 8)}"
+        return class_group(group, self.request.head)
 
 
 def split_assignments(assignments, task, method_names) -> tuple[dict, dict[str, dict]]:
@@ -99,16 +104,21 @@ def plan(request: RunRequest) -> RunPlan:
     if request.bootstrap < 100:
         raise BadInput(f"--bootstrap {request.bootstrap} is too few resamples for a 95% CI; use at least 100.")
     check_resources(request.address, request.gpus_per_trial)
+    check_tracker(request.tracker)
     task_overrides, method_overrides = split_assignments(request.assignments, task, method_names)
     task_config = task.config(request.profile, task_overrides)
     method_configs, tuning = {}, {}
     for m in method_names:
-        frozen = load_frozen(request.tuned_dir, task.name, m, request.profile)
+        frozen = load_frozen(request.tuned_dir, task.name, m, request.profile, request.head)
         tuned = frozen["config"] if frozen else {}
-        method_configs[m] = configs.build(registry.methods()[m].Config, {**tuned, **method_overrides[m]}, owner=m)
+        method_configs[m] = configs.build(registry.methods()[m].Config,
+                                          {**tuned, **method_overrides[m], **_reward_class(m, tuned, request)},
+                                          owner=m)
         tuning[m] = {"source": "defaults"} if frozen is None else {
             "source": frozen["path"], "budget": frozen["budget"], "objective": frozen["objective"],
             "tuning_seeds": frozen["tuning_seeds"], "overridden": sorted(method_overrides[m]),
+            "searched": sorted(set(frozen.get("search", {}).get("space", []))
+                               - set(frozen.get("search", {}).get("fixed", {}))),
         }
     mode = resolve_realign_mode(request.rerlhf, task, task_config)
     if mode != "off" and not 1 <= request.rerlhf_seeds <= request.seeds:
@@ -124,6 +134,20 @@ def plan(request: RunRequest) -> RunPlan:
     check_writable(request.leaderboards_dir or request.runs_dir / "leaderboards", "--leaderboards-dir")
     return RunPlan(task, request.profile, task_config, method_configs, list(range(request.seeds)), request, tuning,
                    mode, realigned)
+
+
+def _reward_class(method: str, tuned: dict, request: RunRequest) -> dict:
+    """{"head": --head} for a method with a reward head: every method in a table shares one reward-model class. A
+    frozen configuration tuned in another class, or a --set head=…, is refused rather than silently mixed."""
+    if "head" not in {f.name for f in configs.fields(registry.methods()[method].Config)}:
+        return {}
+    if tuned.get("head", request.head) != request.head:
+        raise BadInput(f"the frozen configuration of {method} was tuned with the {tuned['head']} head; tune it in "
+                       f"this class (bench sweep --method {method} --task {request.task} --head {request.head}) or "
+                       f"run with --head {tuned['head']}.")
+    if any(k in ("head", f"{method}.head") for k, _ in configs.parse_assignments(request.assignments)):
+        raise BadInput("--set head=… would mix reward-model classes in one table; use --head instead.")
+    return {"head": request.head}
 
 
 def resolve_realign_mode(requested: str | None, task, task_config) -> str:
@@ -150,6 +174,7 @@ def check_writable(directory: Path, flag: str) -> None:
 def execute_plan(p: RunPlan, console) -> dict:
     """Build shared stages, run missing trials, write selection + leaderboard. Returns the leaderboard document."""
     req = p.request
+    preview.render(preview.preview(p), console)
     cache = cache_for(req.runs_dir)
     with console.status(f"building the {p.task.name} task data (profile {p.profile})"):
         data = p.task.build(p.profile, p.task_config, cache)
@@ -163,15 +188,12 @@ def execute_plan(p: RunPlan, console) -> dict:
 
 def _run_group(p: RunPlan, data, group_dir: Path, console) -> dict:
     req, task_ref = p.request, data.ref
-    specs = {m: [TrialSpec(m, configs.to_dict(cfg), seed, task_ref) for seed in p.seeds]
-             for m, cfg in p.method_configs.items()}
+    specs = preview.fit_specs(p, task_ref)
     _run_pending("trials", [s for group in specs.values() for s in group], group_dir / "trials", run_fit_trial,
                  req, console)
-    realign_specs = {}
-    if p.rerlhf != "off":
+    realign_specs = preview.realign_specs(p, specs)
+    if realign_specs:
         hook = p.task.realignment
-        realign_specs = {m: [hook.spec(s, p.rerlhf, req.rerlhf_normalisation) for s in group[: req.rerlhf_seeds]]
-                         for m, group in specs.items() if m in p.rerlhf_methods}
         # Seed-major order: every method's seed-0 re-alignment finishes before any seed 1, so a run cut short
         # (each costs tens of CPU minutes) still leaves a complete table.
         seed_major = [group[i] for i in range(req.rerlhf_seeds) for group in realign_specs.values()]
@@ -197,8 +219,10 @@ def _run_group(p: RunPlan, data, group_dir: Path, console) -> dict:
     return doc
 
 
-def _run_pending(what: str, specs: list, results_dir: Path, trial_fn: TrialFn, req: RunRequest, console) -> None:
+def _run_pending(what: str, specs: list, results_dir: Path, trial_fn, req: RunRequest, console) -> None:
     """Run the specs whose result is missing or failed, as Ray Tune trials; raise if any is left unfinished."""
+    from bench.execution.executor import execute  # Ray loads only when trials run: a --dry-run never starts it
+
     results_dir.mkdir(parents=True, exist_ok=True)
     pending = unfinished(specs, results_dir)
     console.print(f"{len(specs)} {what}: {len(specs) - len(pending)} reused, {len(pending)} to run")
@@ -206,7 +230,7 @@ def _run_pending(what: str, specs: list, results_dir: Path, trial_fn: TrialFn, r
         return
     with progress_bar(what, len(pending), console) as advance:
         execute(pending, trial_fn, results_dir, address=req.address, gpus_per_trial=req.gpus_per_trial,
-                progress=advance)
+                progress=advance, tracker=req.tracker)
     missing = [s for s in pending if read_result(results_dir / f"{s.trial_id}.json") is None]
     if missing:  # Tune stops gracefully on Ctrl-C; leave no leaderboard built from a partial run
         raise RuntimeFailure(
