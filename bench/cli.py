@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from bench.errors import BadInput, RuntimeFailure
+from bench.progress import quiet_libraries
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,26 +298,9 @@ def cmd_cache(args, console) -> int:
 
 
 def print_summary(doc, console) -> None:
-    from rich.table import Table
+    from bench.reporting.console import print_summary as table  # the headline metrics that fit the terminal
 
-    from bench.reporting.markdown import HEADINGS, TIE_MARK, standing
-    from bench.scoring.estimate import format_estimate
-
-    shown = ["roc_auc", "pair_accuracy", "centred_pearson", "starc", "seed_ambiguity"]
-    table = Table(title=f"{doc['task']} ({doc['profile']}): mean [95% CI]",
-                  caption=f"bold: best; {TIE_MARK}: not separable from the best (paired bootstrap, Holm p ≥ 0.05)")
-    table.add_column("method")
-    table.add_column("seeds")
-    for m in shown:
-        table.add_column(HEADINGS[m])
-    for row in doc["rows"]:
-        cells = []
-        for m in shown:
-            text, mark = format_estimate(row["metrics"].get(m)), standing(row, m)
-            cells.append(f"[bold]{text}[/bold]" if mark == "best" else f"{text} {TIE_MARK}" if mark == "tied" else text)
-        seeds = f"{row['n_seeds']}" + (f" ({len(row['failures'])} failed)" if row["failures"] else "")
-        table.add_row(row["method"], seeds, *cells)
-    console.print(table)
+    table(doc, console)
 
 
 def main(argv=None) -> int:
@@ -329,6 +313,7 @@ def main(argv=None) -> int:
     if not console.is_terminal:  # piped output: rich would wrap the tables at 80 columns
         console = Console(width=140)
     args = build_parser().parse_args(argv)
+    quiet_libraries(getattr(args, "verbose", False))
     handlers = {"ls": cmd_ls, "run": cmd_run, "sweep": cmd_sweep, "leaderboard": cmd_leaderboard,
                 "compare": cmd_compare, "publish": cmd_publish, "env": cmd_env, "cache": cmd_cache}
     handlers["worlds"] = cmd_worlds

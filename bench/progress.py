@@ -1,13 +1,34 @@
-"""The one progress display: named stages, each a bar with done/total and elapsed time (rich), or the caller's
-`progress(stage, done, total)` callback when one is given (tests, notebooks)."""
+"""The one progress display: named stages, each a bar with done/total, elapsed time and an ETA (rich), or the
+caller's `progress(stage, done, total)` callback when one is given (tests, notebooks). `quiet_libraries` keeps the
+libraries' own progress bars and known-noisy warnings off the console, so that only this display shows."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import warnings
 from typing import Callable
 
+from rich import progress as bars
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+NOISY_LOGGERS = ("transformers", "datasets", "huggingface_hub", "trl", "accelerate", "peft", "filelock")
+
+
+def quiet_libraries(verbose: bool = False) -> None:
+    """Unless `verbose` (`bench run -v`): no third-party progress bars (tqdm, Hugging Face), the Hugging Face
+    libraries' loggers at ERROR, and no FutureWarnings (deprecation notices meant for library authors). Levels only:
+    errors and the project's own warnings still show. Environment variables reach the local Ray workers too."""
+    if verbose:
+        return
+    for variable in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(variable, "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # read when transformers is imported
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # for worker processes
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 class Stages:
@@ -17,8 +38,10 @@ class Stages:
         self.callback = progress
         self.bar = None
         if progress is None:
-            self.bar = Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=console or Console(stderr=True), transient=False)
+            self.bar = bars.Progress(bars.TextColumn("{task.description:<34}"), bars.BarColumn(),
+                                     bars.MofNCompleteColumn(), bars.TimeElapsedColumn(), bars.TextColumn("eta"),
+                                     bars.TimeRemainingColumn(), console=console or Console(stderr=True),
+                                     transient=False)
             self.bar.start()
 
     def stage(self, name: str, total: int) -> Callable[[int], None]:
