@@ -65,10 +65,11 @@ def test_synthetic_end_to_end(tmp_path):
     """The issue's acceptance run: oracle best, random at chance, IRL methods clearly better; reruns reuse."""
     done = run_bench("run", "--methods", "all", "--task", "synthetic", "--seeds", "3", cwd=tmp_path)
     assert done.returncode == 0, done.stderr + done.stdout
-    assert "21 trials: 0 reused, 21 to run" in done.stdout
+    assert "24 trials: 0 reused, 24 to run" in done.stdout
     board = json.loads((tmp_path / "runs/leaderboards/synthetic.json").read_text())
     rows = {r["method"]: r for r in board["rows"]}
-    assert set(rows) == {"max_margin", "bradley_terry", "failure_aware", "random", "oracle", "implicit", "length"}
+    assert set(rows) == {"max_margin", "bradley_terry", "failure_aware", "failure_aware_ablation", "random", "oracle",
+                         "implicit", "length"}
     metric = lambda m, k: rows[m]["metrics"][k]  # noqa: E731
 
     assert metric("oracle", "starc")["mean"] == pytest.approx(0.0, abs=1e-6)
@@ -77,7 +78,7 @@ def test_synthetic_end_to_end(tmp_path):
     assert all(metric("oracle", "pair_accuracy")["mean"] >= metric(m, "pair_accuracy")["mean"] for m in rows)
     lo, hi = metric("random", "roc_auc")["ci"]
     assert lo <= 0.5 <= hi
-    for m in ("max_margin", "bradley_terry", "failure_aware"):
+    for m in ("max_margin", "bradley_terry", "failure_aware", "failure_aware_ablation"):
         assert metric(m, "roc_auc")["ci"][0] > metric("random", "roc_auc")["ci"][1] + 0.2
         assert metric(m, "starc")["ci"][1] < 0.6 < metric("random", "starc")["ci"][0]
         assert rows[m]["n_seeds"] == 3 and not rows[m]["failures"]
@@ -85,13 +86,13 @@ def test_synthetic_end_to_end(tmp_path):
     assert board["bootstrap"]["resamples"] == 1000
 
     trials = sorted((tmp_path / "runs/synthetic/default/trials").glob("*.json"))
-    assert len(trials) == 21
+    assert len(trials) == 24
     before = {p: p.stat().st_mtime_ns for p in trials}
     json_before = (tmp_path / "runs/leaderboards/synthetic.json").read_bytes()
 
     again = run_bench("run", "--methods", "all", "--task", "synthetic", "--seeds", "3", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert "21 trials: 21 reused, 0 to run" in again.stdout
+    assert "24 trials: 24 reused, 0 to run" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in trials} == before
 
     # the rerun rewrote the leaderboard from the same trials: same rows (byte-identical rebuilds by
