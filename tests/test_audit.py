@@ -198,3 +198,23 @@ def test_profile_picks_the_run_group_even_with_overridden_settings(tmp_path):
     assert group_of(tmp_path, "detox", "smoke").name == "smoke-0a1b2c3d"  # the latest run of that profile
     with pytest.raises(BadInput, match="use one of: default, smoke-0a1b2c3d, smoke-99887766"):
         group_of(tmp_path, "detox", "pythia-70m-audit")
+
+
+def test_the_readme_audit_commands_parse_as_written():
+    """The README's "Audit an existing aligned model" block: each bench command is valid for the CLI, the profile
+    exists and audits a model (its expert is set), and the inspect line reads the profile the run line wrote."""
+    import re
+    import shlex
+
+    from bench.cli import build_parser
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Audit an existing aligned model in three commands"):]
+    lines = re.search(r"```bash\n(.*?)```", section, re.S).group(1).strip().splitlines()
+    assert len(lines) == 3
+    run, inspect_ = (build_parser().parse_args(shlex.split(line)[1:]) for line in lines[:2])
+    assert run.command == "run" and inspect_.command == "inspect" and inspect_.profile == run.profile
+    assert run.rerlhf == "off" and any(s.startswith("task.expert_model=") for s in run.set)
+    profile = registry.get_task("detox").profiles[run.profile]
+    assert profile.settings["expert_model"]  # an audit profile: the expert is given, not trained
+    assert str(inspect_.html) in lines[2]
