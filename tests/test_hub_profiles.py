@@ -179,7 +179,7 @@ def test_pythia_profile_runs_offline_on_local_copies(local_hub, tmp_path, monkey
     # `bench publish` finds the re-aligned policy's judged samples in the cache for the completions table.
     selection = Selection(data, configs.to_dict(cfg), [0], {method: MethodSelection(config, [fit.trial_id])},
                           {"resamples": 100, "seed": 0}, {}, "rloo", {method: [spec.trial_id]})
-    export = dataset.collect(selection, tmp_path, cache, {fit.trial_id: trial}, {spec.trial_id: realigned})
+    export = dataset.collect(selection, cache, {fit.trial_id: trial}, {spec.trial_id: realigned})
     assert export.missing == []
     table = export.tables["completions"].to_pylist()
     assert len(table) == 3 * cfg.eval_max_prompts * cfg.eval_samples

@@ -82,7 +82,7 @@ class Export:
     notes: list[str] = field(default_factory=list)
 
 
-def collect(selection: Selection, group: Path, cache: ArtifactCache, trials: dict[str, dict],
+def collect(selection: Selection, cache: ArtifactCache, trials: dict[str, dict],
             realignments: dict[str, dict]) -> Export:
     """The tables of a run from its selection, its trial and re-alignment payloads (by trial id) and the artifacts
     in `cache` (the run's). Raises FileNotFoundError if a scored artifact (demos, R*, the pool) cannot be used."""

@@ -42,7 +42,7 @@ def publish(task: str, runs_dir: Path, results_dir: Path, leaderboards_dir: Path
     trials = _read_results(group, "trials", [t for e in selection.methods.values() for t in e.trial_ids])
     realignments = _read_results(group, "rerlhf", [t for ids in selection.realign_trial_ids.values() for t in ids])
     scored = _scored_artifacts(selection, source_cache)
-    export = dataset.collect(selection, group, source_cache, trials, realignments)
+    export = dataset.collect(selection, source_cache, trials, realignments)
 
     target = results_dir / task / group.name
     target.parent.mkdir(parents=True, exist_ok=True)
