@@ -6,6 +6,7 @@ schema loaded through `datasets` (JSON lines, and Parquet). Every other setting 
 down (few prompts, few tokens, two RLHF steps)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,7 +162,8 @@ def test_pythia_profile_runs_offline_on_local_copies(local_hub, tmp_path, monkey
     assert expert["mode"] == "trained" and expert["recipe"]["algorithm"] == "rloo"
     assert len(cache.load("expert", expert["artifact"]).read_json("curve.json")) == cfg.rl_steps
     base_identity = json.loads((cache.root / "policies" / data.artifacts["policies"] / "manifest.json").read_text())
-    assert base_identity["inputs"]["base"]["local"] == hub["pythia"]  # a local directory, keyed by its weights' hash
+    # A local directory, keyed by its path and its weights' hash.
+    assert base_identity["inputs"]["base"]["local"] == str(Path(hub["pythia"]).resolve())
     policies = task.policies(data.ref)
     assert type(policies["base"].model).__name__ == "GPTNeoXForCausalLM"
     assert policies["base"].tokenizer.pad_token == "<|endoftext|>"  # Pythia has no pad token: EOS pads
