@@ -147,6 +147,8 @@ def score(group_dir: Path, plans: dict[str, MethodPlan], request: AmbiguityReque
                 raise RuntimeFailure(f"{len(missing)} fits of {m} have no result (e.g. {missing[0]}); rerun the "
                                      f"same `bench ambiguity` command to complete them.")
             fits = lambda trial_ids: [results[i] for i in trial_ids if _ok(results[i])]  # noqa: E731
+            if not fits([s.trial_id for s in p.grid]):
+                raise RuntimeFailure(f"every ambiguity fit of {m} failed; their errors are in {group_dir / EXTRA}.")
             methods[m] = score_method(boot, val, split, fits(p.seeds), fits([s.trial_id for s in p.data]),
                                       fits([s.trial_id for s in p.grid]), p.regulariser)
             methods[m]["failed_fits"] = sorted({i for i in ids if not _ok(results[i])})
