@@ -101,6 +101,13 @@ def check_tracker(tracker: str | None) -> None:
                        f"install it (pip install -e '.[tracking]' brings all three) or drop --tracker.")
 
 
+def tracker_location(tracker: str | None, group_dir: Path) -> str | None:
+    """Where `--tracker` wrote (bench/execution/executor.py tracker_callbacks), for the closing line of a run."""
+    return {"tensorboard": f"tensorboard --logdir {group_dir / 'ray'}",
+            "mlflow": f"mlflow ui --backend-store-uri {os.environ.get('MLFLOW_TRACKING_URI') or group_dir / 'mlruns'}",
+            "wandb": f"wandb sync {group_dir / 'wandb'} (offline runs)"}.get(tracker)
+
+
 def fit_specs(p, task_ref) -> dict[str, list[TrialSpec]]:
     """Every fit trial of the run plan `p` (bench/execution/run.py RunPlan), by method."""
     return {m: [TrialSpec(m, configs.to_dict(cfg), seed, task_ref) for seed in p.seeds]

@@ -216,6 +216,8 @@ def _run_group(p: RunPlan, data, group_dir: Path, console) -> dict:
         doc = leaderboard.build(group_dir)
         paths = leaderboard.write(doc, *leaderboard.output_of(req.runs_dir, group_dir, req.leaderboards_dir))
     console.print("wrote " + ", ".join(str(p) for p in paths), highlight=False)
+    if req.tracker:
+        console.print(f"{req.tracker}: {preview.tracker_location(req.tracker, group_dir)}", highlight=False)
     return doc
 
 
