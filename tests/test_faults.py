@@ -14,7 +14,7 @@ import pytest
 from bench.cli import main
 from bench.errors import RuntimeFailure
 from bench.storage.artifacts import ArtifactCache, atomic_write_bytes, verify
-from bench.storage.results import read_result, write_result
+from bench.storage.results import read_result, record_failures, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -150,3 +150,36 @@ def test_real_full_disk_while_building_the_task_data(tmp_path):
     assert any(f.startswith("cache/demos/") and f.endswith("/demos.json") for f in state["files"])
     assert not [f for f in state["files"] if ".tmp" in f or ".building." in f]
     assert state["problems"] and all(p is None for p in state["problems"])
+
+
+def test_a_trial_error_ray_cannot_read_back_becomes_the_recorded_cause(tmp_path):
+    """A full disk can leave Ray's stored error of a failed trial empty, and reading it back raises EOFError: the
+    executor records that as the trial's cause (never an EOFError in the driver); a lost trial gets a failed result
+    naming it, a trial that finished keeps its result, and a trial that never ran (no error seen) gets no file."""
+    from bench.execution.executor import failure_cause  # loads Ray's tune: only this test needs it
+
+    class Unreadable:
+        pickled_error_file = str(tmp_path / "error.pkl")
+
+        def get_pickled_error(self):
+            raise EOFError("Ran out of input")
+
+    cause = failure_cause(Unreadable())
+    assert cause == (f"the trial failed and Ray could not read back its error (EOFError reading {tmp_path}/error.pkl;"
+                     f" is the disk full?)")
+
+    class Spec:
+        def __init__(self, trial_id, seed):
+            self.trial_id, self.seed = trial_id, seed
+
+        def to_json(self):
+            return {"method": "m", "config": {}, "seed": self.seed, "task": {"name": "t"}}
+
+    lost, finished, never_ran = Spec("lost", 0), Spec("finished", 1), Spec("never_ran", 2)
+    write_result(tmp_path / "finished.json", {"status": "ok", "seed": 1})
+    causes = {str(tmp_path / "lost.json"): cause, str(tmp_path / "finished.json"): "a later retry failed"}
+    record_failures([lost, finished, never_ran], tmp_path, causes)
+    assert read_result(tmp_path / "lost.json") == {"trial_id": "lost", "method": "m", "config": {}, "seed": 0,
+                                                   "status": "failed", "error": cause}
+    assert read_result(tmp_path / "finished.json") == {"status": "ok", "seed": 1}
+    assert not (tmp_path / "never_ran.json").exists()

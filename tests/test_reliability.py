@@ -164,9 +164,14 @@ def test_corrupted_trial_result_is_named_and_rerun(tmp_path, reference):
 
 
 PLUGIN = textwrap.dedent('''
+    import errno, os, signal
     from dataclasses import dataclass
-    from bench.registry import register_method
+    from pathlib import Path
+
+    import bench.storage.artifacts as artifacts
+    from bench.kit.reward_models import RandomReward
     from bench.kit.training import IRLMethod
+    from bench.registry import register_method
 
     @dataclass
     class Config:
@@ -179,30 +184,73 @@ PLUGIN = textwrap.dedent('''
 
         def fit(self, train, model, cfg, ctx):
             raise RuntimeError("deliberate failure in fit")
+
+    @register_method("killed_once")
+    class KilledOnce(IRLMethod):
+        description = "on its first attempt at seed 0, SIGKILLs its own Ray worker, as the out-of-memory killer would"
+        Config = Config
+
+        def fit(self, train, model, cfg, ctx):
+            marker = Path(os.environ["KILL_MARKER"])
+            if ctx.seed == 0 and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
+            return RandomReward(ctx.seed)
+
+    @register_method("disk_full")
+    class DiskFull(IRLMethod):
+        description = "at seed 0 its result file meets a full disk (ENOSPC when the worker writes it)"
+        Config = Config
+
+        def fit(self, train, model, cfg, ctx):
+            if ctx.seed == 0:
+                real = artifacts.os.fsync
+
+                def full(fd):
+                    artifacts.os.fsync = real  # this write only: the worker runs other trials afterwards
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+                artifacts.os.fsync = full
+            return RandomReward(ctx.seed)
 ''')
 
 
 @pytest.mark.slow
-def test_failing_trials_are_recorded_and_shown(tmp_path):
+def test_failing_and_killed_trials_are_recorded_and_shown(tmp_path):
+    """Through the real executor, inside Ray workers (a third-party plugin loaded through its entry point): a method
+    that raises; one whose worker is SIGKILLed mid-trial (it is started again and finishes); one whose result write
+    meets a full disk (recorded as failed with that cause, not an EOFError in the driver). The run finishes, and
+    every other trial's result exists exactly once."""
     plugin = tmp_path / "plugin"
     (plugin / "failing_plugin-1.0.dist-info").mkdir(parents=True)
     (plugin / "failing_plugin.py").write_text(PLUGIN)
     (plugin / "failing_plugin-1.0.dist-info/METADATA").write_text("Metadata-Version: 2.1\nName: failing-plugin\n"
                                                                   "Version: 1.0\n")
     (plugin / "failing_plugin-1.0.dist-info/entry_points.txt").write_text(
-        "[irl_bench.methods]\nalways_fails = failing_plugin\n")
+        "[irl_bench.methods]\nalways_fails = failing_plugin\nkilled_once = failing_plugin\n"
+        "disk_full = failing_plugin\n")
     cwd = tmp_path / "work"
     cwd.mkdir()
-    done = bench("run", "--methods", "always_fails,bradley_terry", "--task", "synthetic", "--profile", "tiny",
-                 "--seeds", "2", "--bootstrap", "100", cwd=cwd, extra_env={"PYTHONPATH": str(plugin)})
+    marker = tmp_path / "killed"
+    done = bench("run", "--methods", "always_fails,killed_once,disk_full,bradley_terry", "--task", "synthetic",
+                 "--profile", "tiny", "--seeds", "2", "--bootstrap", "100", cwd=cwd,
+                 extra_env={"PYTHONPATH": str(plugin), "KILL_MARKER": str(marker)})
     assert done.returncode == 1, done.stderr
-    assert "2 trial(s) failed" in done.stdout
+    assert "3 trial(s) failed" in done.stdout
+    assert marker.exists()  # a worker was killed
     board = json.loads((cwd / "runs/leaderboards/synthetic-tiny.json").read_text())
     by_method = {r["method"]: r for r in board["rows"]}
-    assert by_method["bradley_terry"]["n_seeds"] == 2 and not by_method["bradley_terry"]["failures"]
+    for method in ("bradley_terry", "killed_once"):  # the killed trial ran again and finished
+        assert by_method[method]["n_seeds"] == 2 and not by_method[method]["failures"], method
     failures = by_method["always_fails"]["failures"]
     assert len(failures) == 2 and all("deliberate failure in fit" in f["error"] for f in failures)
     assert "deliberate failure in fit" in (cwd / "runs/leaderboards/synthetic-tiny.md").read_text()
+    [full] = by_method["disk_full"]["failures"]
+    assert full["seed"] == 0 and "RuntimeFailure: no space left on the device to write" in full["error"]
+    assert by_method["disk_full"]["n_seeds"] == 1
+    results = [json.loads(p.read_text())["payload"] for p in (cwd / "runs/synthetic/tiny/trials").glob("*.json")]
+    assert sorted((r["method"], r["seed"]) for r in results) == sorted(
+        (m, s) for m in ("always_fails", "killed_once", "disk_full", "bradley_terry") for s in (0, 1))
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +17,7 @@ from ray import tune
 from bench.errors import BadInput
 from bench.execution.plan import check_resources  # noqa: F401 (validation lives with the plan; imported from here)
 from bench.storage.artifacts import content_hash
+from bench.storage.results import record_failures
 
 TrialFn = Callable[[dict, Path], dict]
 
@@ -49,16 +51,23 @@ def init_ray(address: str | None, gpus_per_trial: float) -> None:
         )
 
 
-# Tune pickles its callbacks, so a callback holds only a number; the driver-side function it calls lives here.
+# Tune pickles its callbacks, so a callback holds only a number; the driver-side function it calls lives here, and
+# so do the errors of the trials it saw fail: {listener: {result path: cause}}.
 _ON_TRIAL_DONE: dict[int, Callable[[], None]] = {}
+_TRIAL_ERRORS: dict[int, dict[str, str]] = {}
 _listener_ids = itertools.count()
+# How often Tune starts a trial again after its worker died (killed, e.g. by the out-of-memory killer) or its result
+# could not be written; a trial's own exceptions never reach Tune (they are recorded in its result file).
+RETRIES = 1
 
 
 class TrialDone(tune.Callback):
-    """Calls a driver-side function (e.g. advance a progress bar) whenever a trial completes or fails."""
+    """Calls a driver-side function (e.g. advance a progress bar) whenever a trial completes or fails, and keeps
+    the cause of each failed trial."""
 
     def __init__(self, on_done: Callable[[], None] | None):
         self.listener = next(_listener_ids)
+        _TRIAL_ERRORS[self.listener] = {}
         if on_done is not None:
             _ON_TRIAL_DONE[self.listener] = on_done
 
@@ -66,7 +75,29 @@ class TrialDone(tune.Callback):
         if self.listener in _ON_TRIAL_DONE:
             _ON_TRIAL_DONE[self.listener]()
 
-    on_trial_error = on_trial_complete
+    def on_trial_error(self, iteration, trials, trial, **info):
+        _TRIAL_ERRORS.setdefault(self.listener, {})[trial.config["trial"]["result_path"]] = failure_cause(trial)
+        self.on_trial_complete(iteration, trials, trial, **info)
+
+
+def failure_cause(trial) -> str:
+    """Why a Tune trial failed, in one sentence, from the error Ray stored for it (which a full disk may have left
+    empty or truncated: then that is said instead of raising)."""
+    import ray.exceptions  # Ray itself only where trials run
+
+    try:
+        error = trial.get_pickled_error()
+    except Exception as exc:  # EOFError: Ray's own error file was cut short, e.g. by a full disk
+        return (f"the trial failed and Ray could not read back its error ({type(exc).__name__} reading "
+                f"{trial.pickled_error_file}; is the disk full?)")
+    if isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, BaseException):
+        error = error.cause
+    if isinstance(error, ray.exceptions.RayActorError):
+        return ("its Ray worker process died before the trial finished (killed by a signal, e.g. by the "
+                f"out-of-memory killer, {RETRIES + 1} time(s)); give trials more memory, or run fewer at once")
+    if error is None:
+        return "the trial failed without an error Ray could store"
+    return f"{type(error).__name__}: {error}"
 
 
 def _trainable(trial_fn: TrialFn):
@@ -107,7 +138,9 @@ def tracker_callbacks(tracker: str | None, results_dir: Path, experiment: str) -
 def execute(specs: list, trial_fn: TrialFn, results_dir: Path, *, address=None, gpus_per_trial=0.0,
             cpus_per_trial=1, progress: Callable[[], None] | None = None, tracker: str | None = None) -> None:
     """Run each spec (with `trial_id` and `to_json`) as a Ray Tune trial of `trial_fn`; each writes its own result
-    file `<results_dir>/<trial_id>.json`."""
+    file `<results_dir>/<trial_id>.json`. A trial whose worker died is started once more; one that still fails
+    without a result file gets one recording it as failed, with the cause (`record_failures`), and the run goes on.
+    A trial that never started (the run was interrupted) gets no file."""
     if not specs:
         return
     init_ray(address, gpus_per_trial)
@@ -115,6 +148,7 @@ def execute(specs: list, trial_fn: TrialFn, results_dir: Path, *, address=None, 
     experiment = f"{results_dir.parent.parent.name}-{results_dir.parent.name}"  # <task>-<group>
     space = [{"spec": s.to_json(), "result_path": str(results_dir / f"{s.trial_id}.json"), "threads": cpus_per_trial}
              for s in specs]
+    done = TrialDone(progress)
     tuner = tune.Tuner(
         tune.with_resources(_trainable(trial_fn), {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
         param_space={"trial": tune.grid_search(space)},
@@ -123,7 +157,12 @@ def execute(specs: list, trial_fn: TrialFn, results_dir: Path, *, address=None, 
             name=f"run-{content_hash([s.trial_id for s in specs], 12)}",
             storage_path=str((results_dir.parent / "ray").resolve()),
             verbose=0,
-            callbacks=[TrialDone(progress), *tracker_callbacks(tracker, results_dir, experiment)],
+            callbacks=[done, *tracker_callbacks(tracker, results_dir, experiment)],
+            failure_config=tune.FailureConfig(max_failures=RETRIES),
         ),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    except (EOFError, pickle.UnpicklingError):
+        pass  # Ray could not read back a trial's stored error (a full disk): the failure is recorded below
+    record_failures(specs, results_dir, _TRIAL_ERRORS.pop(done.listener, {}))

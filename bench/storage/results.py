@@ -77,3 +77,21 @@ def failures_recorded(payload: dict):
         yield
     except Exception as exc:
         payload.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+
+
+def record_failures(specs: list, results_dir: Path, causes: dict[str, str]) -> None:
+    """For each spec (with `trial_id` and `to_json`) whose trial failed outside its own code (`causes`: result path
+    -> why, e.g. its worker was killed, or its result could not be written) and left no readable result, a result
+    with status "failed" and that cause: the run finishes, the leaderboard lists the failure under its method, and
+    the next run retries it (`unfinished`)."""
+    for spec in specs:
+        path = results_dir / f"{spec.trial_id}.json"
+        if str(path) not in causes or read_result(path) is not None:
+            continue
+        described = spec.to_json()
+        fit = described.get("fit", described)  # a re-alignment spec holds the fit it re-does
+        payload = {"trial_id": spec.trial_id, "method": fit.get("method"), "config": fit.get("config"),
+                   "seed": fit.get("seed"), **{k: v for k, v in described.items() if k not in ("fit", "task")},
+                   "status": "failed", "error": causes[str(path)]}
+        log.warning("trial %s failed: %s", spec.trial_id, payload["error"])
+        write_result(path, payload)
