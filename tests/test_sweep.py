@@ -70,7 +70,19 @@ def test_frozen_config_is_used_by_run_on_fresh_seeds(tmp_path):
     assert rows["bradley_terry"]["config"] == frozen["config"]
     assert rows["bradley_terry"]["seeds"] == [0, 1]  # confirmation seeds, disjoint from the tuning seeds
     assert rows["random"]["tuning"] == {"source": "defaults"}
-    assert "frozen sweep" in (tmp_path / "runs/leaderboards/synthetic-tiny.md").read_text()
+    markdown = (tmp_path / "runs/leaderboards/synthetic-tiny.md").read_text()
+    assert "| bradley_terry | linear head | `" in markdown and "tuned/synthetic/tiny/bradley_terry.json" in markdown
+    assert frozen["head"] == "linear" and frozen["search"]["fixed"] == {"head": "linear"}
+    assert frozen["budget"]["completed"] == 4  # fifo, the default: every configuration completes
+
+    # One reward-model class per table: a config tuned in another class, or a --set head, is refused.
+    frozen["config"]["head"] = "mlp"
+    (tmp_path / "tuned/synthetic/tiny/bradley_terry.json").write_text(json.dumps(frozen))
+    mixed = bench("run", "--methods", "bradley_terry", "--task", "synthetic", "--profile", "tiny", cwd=tmp_path)
+    assert mixed.returncode == 2 and "tuned with the mlp head" in mixed.stderr and "--head mlp" in mixed.stderr
+    forced = bench("run", "--methods", "random,bradley_terry", "--task", "synthetic", "--profile", "tiny",
+                   "--head", "mlp", "--set", "head=linear", cwd=tmp_path)
+    assert forced.returncode == 2 and "use --head instead" in forced.stderr
 
 
 KILLABLE = [*SWEEP, "--trials", "8", "--seeds-per-trial", "2", "--scheduler", "fifo"]

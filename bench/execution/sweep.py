@@ -8,7 +8,11 @@ Protocol (the tune → confirm split of the imitation library, enforced here):
     ground truth and never the test split;
   * ASHA stops configurations early; its rungs are tuning seeds (a configuration whose mean validation accuracy
     after its first seeds falls in the bottom share stops). With K = 1 there is nothing to stop;
-  * the best fully evaluated configuration is frozen to `tuned/<task>/<profile>/<method>.json` with its budget.
+  * every method is tuned within one reward-model class (`head`, linear unless asked; the class is fixed, not
+    searched), and with the default `fifo` scheduler every configuration completes, so methods given the same
+    --trials get the same number of completed trials — ASHA stops some early, by a different count per method;
+  * the best fully evaluated configuration is frozen to `tuned/<task>/<profile>/<method>.json` (`<profile>+<head>`
+    for another class) with its budget.
 
 Every (configuration, tuning seed) fit is written atomically like a run trial, so a sweep killed at any point
 repeats nothing when resumed: finished fits are reused, finished configurations are skipped.
@@ -34,7 +38,7 @@ from bench.execution.fit_trial import TrialSpec, run_trial
 from bench.execution.run import check_writable
 from bench.progress import progress_bar
 from bench.storage.artifacts import atomic_write_json, cache_for, content_hash
-from bench.storage.frozen import write_frozen
+from bench.storage.frozen import MAIN_HEAD, class_group, write_frozen
 from bench.storage.results import read_result
 
 TUNING_SEED_BASE = 1000
@@ -48,7 +52,8 @@ class SweepRequest:
     profile: str = "default"
     trials: int = 8
     seeds_per_trial: int = 1
-    scheduler: str = "asha"
+    scheduler: str = "fifo"
+    head: str = MAIN_HEAD  # the reward-model class every tuned method is fixed to
     metric: str = "val_pair_accuracy"
     runs_dir: Path = Path("runs")
     tuned_dir: Path = Path("tuned")
@@ -116,6 +121,12 @@ class _RecordConfigs(tune.Callback):
     on_trial_error = on_trial_complete
 
 
+def fixed_settings(method: str, req: SweepRequest) -> dict:
+    """What the sweep holds fixed for `method`: the requested settings, and its reward-model class if it has one."""
+    has_head = "head" in {f.name for f in configs.fields(registry.methods()[method].Config)}
+    return {**req.fixed, **({"head": req.head} if has_head else {})}
+
+
 def validate(req: SweepRequest) -> tuple[object, list[str]]:
     task = registry.get_task(req.task)
     methods = registry.resolve_methods(req.methods)
@@ -148,7 +159,7 @@ def sweep(req: SweepRequest, console) -> dict[str, dict]:
     seeds = [TUNING_SEED_BASE + k for k in range(req.seeds_per_trial)]
     frozen = {}
     for method in methods:
-        sweep_dir = (req.runs_dir / task.name / req.profile / "sweeps" / method).resolve()
+        sweep_dir = (req.runs_dir / task.name / class_group(req.profile, req.head) / "sweeps" / method).resolve()
         fits_dir, records_dir = sweep_dir / "fits", sweep_dir / "configs"
         existing = list(records_dir.glob("*.json")) if records_dir.exists() else []
         if existing and not req.resume:
@@ -159,7 +170,7 @@ def sweep(req: SweepRequest, console) -> dict[str, dict]:
         fits_dir.mkdir(parents=True, exist_ok=True)
         records_dir.mkdir(parents=True, exist_ok=True)
         items = []
-        for cfg in sample_configs(method, req.trials, req.search_seed, req.fixed):
+        for cfg in sample_configs(method, req.trials, req.search_seed, fixed_settings(method, req)):
             cid = config_id(method, cfg, data.demos_key, seeds)
             items.append({"method": method, "config": cfg, "config_id": cid, "seeds": seeds,
                           "task": data.ref.to_json(), "fits_dir": str(fits_dir),
@@ -213,13 +224,14 @@ def freeze(method, task_name, req: SweepRequest, data, items, fits_dir: Path, wa
         "version": 1,
         "task": task_name,
         "profile": req.profile,
+        "head": req.head,
         "method": method,
         "config": best["config"],
         "objective": {"metric": req.metric, "split": "val", "value": best["val_pair_accuracy"]},
         "tuning_seeds": best["seeds"],
         "search": {"space_seed": req.search_seed, "scheduler": req.scheduler,
                    "space": sorted(configs.search_space(registry.methods()[method].Config))}
-        | ({"fixed": req.fixed} if req.fixed else {}),
+        | ({"fixed": fixed_settings(method, req)} if fixed_settings(method, req) else {}),
         "budget": {
             "configurations": len(items),
             "completed": len(complete),

@@ -113,7 +113,7 @@ def _run_world(task, world: str, methods: list[str], req: WorldsRequest, console
             frozen = sweep(SweepRequest(
                 task=task.name, methods=m, profile=world, trials=req.tune_trials, seeds_per_trial=req.tune_seeds,
                 scheduler="fifo", runs_dir=req.runs_dir, tuned_dir=req.tuned_dir, resume=True,
-                fixed={"head": req.head}), console)[m]
+                head=req.head), console)[m]
             b = frozen["budget"]
             console.print(f"{world} {m}: {b['completed']}/{b['configurations']} configurations completed on tuning "
                           f"seeds {frozen['tuning_seeds']}, best val pair accuracy {frozen['objective']['value']:.4f}, "

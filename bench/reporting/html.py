@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from bench.reporting.markdown import COLUMNS, HEADINGS, TIE_MARK, power_lines, standing
+from bench.reporting.markdown import COLUMNS, HEADINGS, TIE_MARK, power_lines, standing, tuning_lines
 from bench.reporting.sections import ReportSections
 from bench.scoring.estimate import format_estimate
 from bench.scoring.scorer import METRICS
@@ -86,7 +86,7 @@ def render(doc: dict, sections: ReportSections | None = None) -> str:
         parts += [f"<li><code>{e(m)}</code> seed {e(str(f.get('seed', '?')))} (trial <code>{e(f['trial_id'])}</code>): "
                   f"{e(str(f['error']))}</li>" for m, f in failed]
         parts += ["</ul>"]
-    parts += ["<h2>Tuning budget</h2>", _tuning(rows)]
+    parts += markdown_as_html(tuning_lines(rows))
     parts += ["<h2>Metrics</h2>", '<dl class="metrics">']
     for m in COLUMNS:
         arrow = "↑ higher is better" if METRICS[m][0] > 0 else "↓ lower is better"
@@ -165,22 +165,6 @@ def _normalised_table(rows: list[dict], norm: dict) -> str:
             + "".join(f"<td>{html.escape(format_estimate(r['normalised'].get(m), 2))}</td>" for m in shown) + "</tr>"
             for r in rows if r["method"] not in (norm["null"], norm["top"])]
     return f"<table><thead><tr><th>method</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _tuning(rows: list[dict]) -> str:
-    """Where each method's configuration came from (declared defaults or a frozen `bench sweep`), as in the Markdown."""
-    items = []
-    for r in rows:
-        tuning = r.get("tuning", {"source": "defaults"})
-        if tuning.get("source", "defaults") == "defaults":
-            text = "declared defaults, no tuning"
-        else:
-            b, objective = tuning.get("budget", {}), tuning.get("objective", {})
-            text = (f"frozen sweep {tuning['source']}: {b.get('configurations', '?')} configurations, "
-                    f"{b.get('fits', '?')} fits, {b.get('cpu_hours', 0):.3f} CPU-h, {b.get('gpu_hours', 0):.3f} GPU-h; "
-                    f"best {objective.get('metric', '?')} {objective.get('value', float('nan')):.4f}")
-        items.append(f"<li><code>{html.escape(r['method'])}</code>: {html.escape(text)}</li>")
-    return "<ul>" + "".join(items) + "</ul>"
 
 
 def _provenance(doc: dict) -> str:

@@ -128,6 +128,8 @@ def render_markdown(doc: dict, sections: ReportSections | None = None) -> str:
         "",
         tie_legend(doc),
         "",
+        class_line(rows),
+        "",
         "| method | seeds | " + " | ".join(f"{HEADINGS[m]} {arrow[m]}" for m in COLUMNS) + " |",
         "|---|---|" + "---|" * len(COLUMNS),
     ]
@@ -167,21 +169,7 @@ def render_markdown(doc: dict, sections: ReportSections | None = None) -> str:
         lines += [f"- `{m}` seed {f.get('seed', '?')} (trial `{f['trial_id']}`): {f['error']}" for m, f in failed]
     if sections is not None:
         lines += sections.markdown(doc)
-    lines += ["", "## Tuning budget", ""]
-    for r in rows:
-        tuning = r.get("tuning", {"source": "defaults"})
-        if tuning["source"] == "defaults":
-            lines.append(f"- `{r['method']}`: declared defaults, no tuning")
-        else:
-            b = tuning["budget"]
-            lines.append(
-                f"- `{r['method']}`: frozen sweep `{tuning['source']}`: {b['configurations']} configurations "
-                f"({b['completed']} completed, {b['stopped_early']} stopped early), {b['fits']} fits, "
-                f"{b['cpu_hours']:.3f} CPU-h, {b['gpu_hours']:.3f} GPU-h; best "
-                f"{tuning['objective']['metric']} {tuning['objective']['value']:.4f} on tuning seeds "
-                f"{tuning['tuning_seeds']}" + (f"; overridden by --set: {', '.join(tuning['overridden'])}"
-                                               if tuning.get("overridden") else "")
-            )
+    lines += tuning_lines(rows)
     lines += ["", "## Metrics", ""]
     lines += [f"- **{HEADINGS[m]}** ({arrow[m]}): {doc['metric_legend'][m]['description']}" for m in COLUMNS]
     lines += ["", "## Provenance", ""]
@@ -196,3 +184,40 @@ def render_markdown(doc: dict, sections: ReportSections | None = None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def reward_model(row: dict) -> str:
+    """The reward-model class of a row: its head over the frozen features, or "—" for a method without one."""
+    head = row.get("config", {}).get("head")
+    return f"{head} head" if head else "—"
+
+
+def class_line(rows: list[dict]) -> str:
+    """Which reward-model class the ranked methods share (a table that mixed classes would rank heads, not
+    objectives; `bench run --head` keeps one class per run group)."""
+    classes = sorted({reward_model(r) for r in rows} - {"—"})
+    if len(classes) == 1:
+        return (f"Reward model: every trained method uses the {classes[0]} over the frozen features "
+                f"(baselines have none); other classes are other run groups.")
+    return f"Reward models: {', '.join(classes) or 'none'} — this table mixes classes (see the tuning record)."
+
+
+def tuning_lines(rows: list[dict]) -> list[str]:
+    """The tuning record: each method's reward-model class, how it was tuned (searched dimensions, configurations
+    launched and completed, fits, CPU hours) and its best validation score — equal completed trials is the budget
+    that makes a comparison fair, and the table shows whether it holds."""
+    lines = ["", "## Tuning record", "",
+             "| method | reward model | configuration | searched dims | configurations | completed | fits | CPU-h | "
+             "best validation |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        tuning = r.get("tuning", {"source": "defaults"})
+        if tuning["source"] == "defaults":
+            lines.append(f"| {r['method']} | {reward_model(r)} | declared defaults | 0 | — | — | — | — | — |")
+            continue
+        b = tuning["budget"]
+        dims = len(tuning["searched"]) if "searched" in tuning else "?"
+        overridden = f"; --set {', '.join(tuning['overridden'])}" if tuning.get("overridden") else ""
+        lines.append(f"| {r['method']} | {reward_model(r)} | `{tuning['source']}`{overridden} | {dims} | "
+                     f"{b['configurations']} | {b['completed']} | {b['fits']} | {b['cpu_hours']:.3f} | "
+                     f"{tuning['objective']['metric']} {tuning['objective']['value']:.4f} |")
+    return lines
