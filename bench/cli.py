@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--address", default=None, help="join an existing Ray cluster")
     sweep.add_argument("--gpus-per-trial", type=float, default=0.0)
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    sweep.add_argument("-v", "--verbose", action="store_true",
+                       help="show the libraries' own progress bars, warnings and info logs")
     sweep.add_argument("--head", default="linear", choices=["linear", "mlp"],
                        help="the reward-model class every tuned method is fixed to (not searched); frozen configs "
                             "of another class than linear go to tuned/<task>/<profile>+<head>/")

@@ -175,7 +175,7 @@ def render(plan: Preview, console) -> None:
         console.print(f"  task data: cached ({len(plan.stages)} kinds of artifact, from the last run of this "
                       f"group)", highlight=False)
     else:
-        console.print(f"  task data: to build ({plan.source})", highlight=False)
+        console.print(f"  task data: to build, reusing what the cache holds ({plan.source})", highlight=False)
         for s in plan.stages:  # each stage reuses what the cache already holds for its inputs
             console.print(f"    {s.kind:<24} build or reuse, up to {_duration(s.seconds)}", highlight=False)
     for t in plan.trials:
