@@ -12,6 +12,7 @@ from bench.scoring.estimate import format_estimate
 
 KEY = "ambiguity"
 SPREADS = ("seeds", "data", "identifiability")
+DIGITS = 4  # trained linear heads' seed spreads are of order 0.001: three decimals would show 0.001 for all
 
 
 class AmbiguitySection:
@@ -56,8 +57,8 @@ def _rows(report: dict) -> list[list[str]]:
     rows = []
     for method, m in report["methods"].items():
         ident = m["identifiability"]
-        grid = f"{m['regulariser']} ∈ {{{', '.join(f'{v:g}' for v in m['grid'])}}}" if m["regulariser"] else "none"
-        rows.append([method, *(format_estimate(m[name]) for name in SPREADS),
+        grid = f"{m['regulariser']} ∈ {{{', '.join(f'{v:.3g}' for v in m['grid'])}}}" if m["regulariser"] else "none"
+        rows.append([method, *(format_estimate(m[name], DIGITS) for name in SPREADS),
                      f"{ident['n_fits']} of {ident['of_fits']}", grid])
     return rows
 
