@@ -234,6 +234,9 @@ def test_bench_run_smoke_writes_a_leaderboard_with_every_method(smoke, tmp_path)
                "--rerlhf-methods", "oracle,random,bradley_terry"]
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The first screen is the plan, not library noise: no third-party progress bar or FutureWarning on the console.
+    assert proc.stdout.startswith("plan: detox (smoke)")
+    assert "it/s]" not in proc.stdout + proc.stderr and "FutureWarning" not in proc.stdout + proc.stderr
     board = json.loads((tmp_path / "runs/leaderboards/detox-smoke.json").read_text())
     rows = {r["method"]: r for r in board["rows"]}
     assert set(registry.methods()) <= set(rows)

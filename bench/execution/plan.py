@@ -136,7 +136,7 @@ def preview(p) -> Preview:
               for kind, seconds in _costs(reference.task_data, index).items()] if reference else []
     source = ("the last run of this group" if reusable else
               f"costs recorded by the {reference.task_data.profile!r} build in the cache" if reference else
-              "no earlier build of this task in the cache: stages and their cost unknown")
+              f"no earlier run of {p.task.name} in {req.runs_dir}: stages and costs unknown")
     n_fits, n_realign = len(p.method_configs) * len(p.seeds), len(p.rerlhf_methods) * req.rerlhf_seeds
     trials = [Trials("trials", n_fits, None, _mean_seconds(task_dir, "trials", p.profile))]
     if p.rerlhf != "off":
