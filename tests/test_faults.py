@@ -7,12 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from bench.cli import main
 from bench.errors import RuntimeFailure
+from bench.lm import rlhf
 from bench.storage.artifacts import ArtifactCache, atomic_write_bytes, verify
 from bench.storage.results import read_result, record_failures, write_result
 
@@ -183,3 +185,74 @@ def test_a_trial_error_ray_cannot_read_back_becomes_the_recorded_cause(tmp_path)
                                                    "status": "failed", "error": cause}
     assert read_result(tmp_path / "finished.json") == {"status": "ok", "seed": 1}
     assert not (tmp_path / "never_ran.json").exists()
+
+
+# A stand-in for RL training (bench/lm/rlhf.py train_policy) with its outputs: it asks the reward for one batch, then
+# writes the policy's weights in two halves and recipe.json. With KILL set, the process dies (os._exit, no cleanup)
+# between the halves, as a killed re-alignment would.
+FAKE_RLHF = textwrap.dedent('''
+    import hashlib, json, os, sys
+    from pathlib import Path
+
+    from bench.lm import realign as realign_module, rlhf
+
+    def fake_train_policy(out, base_dir, reward_fn, prompts, recipe, progress=None):
+        reward_fn(prompts[:2], ["a b", "c"])
+        weights = b"".join(hashlib.sha256(f"{recipe.seed}:{i}".encode()).digest() for i in range(4096))
+        (out / "model").mkdir()
+        with open(out / "model" / "model.safetensors", "wb") as fh:
+            fh.write(weights[: len(weights) // 2])
+            fh.flush()
+            if os.environ.get("KILL"):
+                os._exit(9)
+            fh.write(weights[len(weights) // 2 :])
+        (out / "recipe.json").write_text(json.dumps({"seed": recipe.seed}))
+        return [{"step": 1, "loss": 0.5}]
+
+    class LengthReward:
+        def score(self, prompts, completions):
+            return [float(len(c)) for c in completions]
+
+    def realign_once(cache):
+        recipe = rlhf.recipe_from({"steps": 2, "seed": 3})
+        return realign_module.realign("base-dir", {"hub": "base"}, LengthReward(), {"method": "length"},
+                                      ["p1", "p2", "p3"], recipe, cache)
+
+    if __name__ == "__main__":
+        from bench.storage.artifacts import ArtifactCache
+        rlhf.train_policy = fake_train_policy
+        realign_once(ArtifactCache(sys.argv[1]))
+''')
+
+
+def test_a_realignment_killed_mid_training_is_never_read_and_rebuilds_the_same(tmp_path, monkeypatch):
+    """bench/lm/realign.py builds the re-aligned policy through the artifact cache: killed halfway through writing
+    its weights, it leaves no artifact that a reader could open (only a build directory), and the rerun removes
+    that, builds it whole and verified, byte for byte what an uninterrupted build gives."""
+    script = tmp_path / "fake_rlhf.py"
+    script.write_text(FAKE_RLHF)
+    root = tmp_path / "cache"
+    killed = subprocess.run([sys.executable, str(script), str(root)], env={**os.environ, "KILL": "1"},
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 9, killed.stderr
+    [partial] = (root / "realigned").glob(".*.building.*")
+    assert (partial / "model/model.safetensors").stat().st_size == 4096 * 32 // 2  # it died mid-write
+    key = partial.name.split(".")[1]
+    assert [p.name for p in (root / "realigned").iterdir() if not p.name.startswith(".")] == []
+    with pytest.raises(FileNotFoundError, match=f"artifact realigned/{key} cannot be used: it does not exist"):
+        ArtifactCache(root).load("realigned", key)  # what a re-alignment trial's reader calls
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fake_rlhf  # written above
+
+    monkeypatch.setattr(rlhf, "train_policy", fake_rlhf.fake_train_policy)
+    realign_once = fake_rlhf.realign_once
+    rerun = realign_once(ArtifactCache(root))
+    uninterrupted = realign_once(ArtifactCache(tmp_path / "fresh"))
+    assert rerun.artifact.key == key == uninterrupted.artifact.key
+    assert not partial.exists() and verify(rerun.artifact.path) is None
+    files = sorted(p.relative_to(rerun.artifact.path) for p in rerun.artifact.path.rglob("*") if p.is_file())
+    assert Path("model/model.safetensors") in files and len(files) == 5  # weights, recipe, curve, realign, manifest
+    for name in files:
+        if name.name != "manifest.json":  # which records the build's own duration
+            assert (rerun.artifact.path / name).read_bytes() == (uninterrupted.artifact.path / name).read_bytes()
