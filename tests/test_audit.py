@@ -189,14 +189,15 @@ def test_the_leaderboard_carries_the_audit_section(tiny_run):
 def test_profile_picks_the_run_group_even_with_overridden_settings(tmp_path):
     from bench.audit.view import group_of
 
-    for name in ("default", "smoke-0a1b2c3d", "smoke-99887766"):
+    for name in ("default", "smoke-0a1b2c3d", "smoke-99887766", "smoke-big"):
         (tmp_path / "detox" / name).mkdir(parents=True)
         (tmp_path / "detox" / name / "selection.json").write_text("{}")
     (tmp_path / "detox" / "latest.json").write_text(json.dumps({"group": "smoke-0a1b2c3d"}))
     assert group_of(tmp_path, "detox", None).name == "smoke-0a1b2c3d"
     assert group_of(tmp_path, "detox", "default").name == "default"
     assert group_of(tmp_path, "detox", "smoke").name == "smoke-0a1b2c3d"  # the latest run of that profile
-    with pytest.raises(BadInput, match="use one of: default, smoke-0a1b2c3d, smoke-99887766"):
+    assert group_of(tmp_path, "detox", "smoke-big").name == "smoke-big"
+    with pytest.raises(BadInput, match="use one of: default, smoke-0a1b2c3d, smoke-99887766, smoke-big"):
         group_of(tmp_path, "detox", "pythia-70m-audit")
 
 

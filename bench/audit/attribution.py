@@ -10,11 +10,12 @@ Two attributions, chosen by what the stored run allows:
   way (for the synthetic R* it gives θ_t exactly). Agreement: precision@K of the K most penalised (most negative)
   tokens, and Spearman ρ over the whole vocabulary.
 * **word effects (stored rewards)**: when refitting is not possible from what is stored (the detox encoder needs a
-  frozen LM and a features table that the committed results do not carry), each seed's stored test rewards are
-  per-prompt centred and z-scored over test items, and a word's effect is the mean z of the test completions that
+  frozen LM and a features table that the committed results do not carry), each seed's stored rewards of the
+  scored items (the held-out pool where the task has one, else the test split: bench/audit/evidence.py) are
+  per-prompt centred and z-scored over those items, and a word's effect is the mean z of the completions that
   contain it minus the mean z of those that do not (words: lower-cased `\\w\\w+` tokens, English stop words
   dropped, present in at least `min_count` completions and absent from at least as many). This needs no model, but
-  it is correlational: words that co-occur with toxic words inherit their effect, and with few bad test items the
+  it is correlational: words that co-occur with toxic words inherit their effect, and with few bad items the
   ranking is noisy. The same effects are computed on R* itself (the attribution's own ceiling), and, when R* is
   alt-profanity-check, the judge's own word weights give a model-level reference (`profanity_weights`).
 """
@@ -59,7 +60,7 @@ def agreement(per_seed_weights: list[np.ndarray], reference: np.ndarray, k: int)
 
 
 def least_squares_weights(reward: np.ndarray, prompt_ids: np.ndarray, texts: list[str], vocab: list[str]) -> np.ndarray:
-    """Token weights w minimising ‖centred r̂ − centred counts · w‖ over the test items (per-prompt centring of both
+    """Token weights w minimising ‖centred r̂ − centred counts · w‖ over the items (per-prompt centring of both
     absorbs any per-prompt shift): exact for a reward linear in token counts, up to a common shift of all weights
     when every completion has the same length (the minimum-norm solution is taken; ranks are unaffected)."""
     counts = token_counts(texts, vocab)

@@ -6,6 +6,7 @@ results and artifacts only; R* comes through the scorer's `load_eval_sets`, and 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def group_of(runs_dir: Path, task: str, profile: str | None) -> Path:
     if profile is None:
         return latest_group(runs_dir, task)
     groups = sorted(p.parent for p in (runs_dir / task).glob("*/selection.json"))
-    matching = [g for g in groups if g.name == profile or g.name.startswith(f"{profile}-")]
+    hashed = re.compile(re.escape(profile) + r"-[0-9a-f]{8}")  # bench/execution/run.py RunPlan.group
+    matching = [g for g in groups if g.name == profile or hashed.fullmatch(g.name)]
     if not matching:
         raise BadInput(f"no stored run of {task} with profile {profile!r} under {runs_dir}; "
                        + (f"use one of: {', '.join(g.name for g in groups)}." if groups else

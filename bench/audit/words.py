@@ -1,6 +1,7 @@
 """The word view of a task whose rewards cannot be refitted from what is stored (detox): word effects computed from
-each seed's stored test rewards, compared with the same effects of R* and, when R* is alt-profanity-check, with the
-judge's own word weights (bench/audit/attribution.py says how, and what this attribution cannot see)."""
+each seed's stored rewards of the scored items, compared with the same effects of R* and, when R* is
+alt-profanity-check, with the judge's own word weights (bench/audit/attribution.py says how, and what this
+attribution cannot see)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def word_view(texts: list[str], prompt_ids: np.ndarray, truth: np.ndarray, rewar
     "overlap_judge", "overlap_rstar", "spearman_rstar"}}}; overlaps are precision@k over seeds."""
     vocab, matrix = presence(texts, min_count)
     if len(vocab) < k:
-        raise BadInput(f"only {len(vocab)} words occur in at least {min_count} test completions, fewer than --top "
+        raise BadInput(f"only {len(vocab)} words occur in at least {min_count} scored completions, fewer than --top "
                        f"{k}; lower --top or --min-count.")
     rstar = word_effects(truth, prompt_ids, matrix)
     judge_side = None
