@@ -7,8 +7,8 @@ Per method, on top of the board's own fits (its seeds, at the frozen configurati
     strength of the method's regulariser: its least, frozen and greatest valid value.
 The regulariser is `weight_decay` (AdamW's decoupled L2, bench/kit/training.py) for every method whose config has
 it: bradley_terry, max_margin and failure_aware. One knob for all keeps their spreads comparable; max_margin's
-`norm_bound` only rescales a reward, which the distance ignores. Methods without it (random, oracle, implicit,
-length) get the seed and data sets only.
+`norm_bound` mostly sets the scale of its reward (its loss is linear in the margin), which the distance ignores.
+Methods without it (random, oracle, implicit, length) get the seed and data sets only.
 
 Fits are content-addressed: extra ones are stored in `<group>/ambiguity/<trial_id>.json`, the board's are read from
 `<group>/trials/`, and a rerun runs only what is missing or failed.
