@@ -124,3 +124,16 @@ def test_console_table_never_cuts_a_method_name_or_a_ci(width):
         for m in shown:
             assert cell(row["metrics"][m]) in line, (row["method"], m)
 
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_quiet_libraries_silences_third_party_bars_and_future_warnings_unless_verbose(verbose):
+    script = (f"from bench.progress import quiet_libraries; quiet_libraries({verbose}); "
+              "import logging, warnings, tqdm; [i for i in tqdm.tqdm(range(3), mininterval=0)]; "
+              "warnings.warn('old API', FutureWarning); "
+              "logging.getLogger('bench').error('a real error')")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TQDM_", "PYTHONWARNINGS"))}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert ("it/s]" in proc.stderr) is verbose and ("FutureWarning" in proc.stderr) is verbose
+    assert "a real error" in proc.stderr  # levels, not hiding errors
