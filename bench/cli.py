@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("a", type=Path, help="leaderboard JSON (leaderboards/<task>.json) or run group directory")
     compare.add_argument("b", type=Path, help="the same kind of input, for the other run")
     compare.add_argument("--metrics", default=None, help="NAME[,NAME...] (default: every metric)")
+    compare.add_argument("--markdown", type=Path, default=None, help="also write the comparison as a Markdown table")
+    compare.add_argument("--title", default=None, help="the Markdown table's title")
 
     env = sub.add_parser("env", help="versions, devices, generation engines and the artifact cache (for bug reports)")
     env.add_argument("--runs-dir", type=Path, default=Path("runs"), help="whose cache to report (or IRL_BENCH_CACHE)")
@@ -276,7 +278,11 @@ def cmd_compare(args, console) -> int:
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     a, b = compare.load(args.a, "A"), compare.load(args.b, "B")
-    compare.print_comparison(compare.compare(a, b, metrics), console)
+    result = compare.compare(a, b, metrics)
+    compare.print_comparison(result, console)
+    if args.markdown:
+        args.markdown.write_text("\n".join(compare.markdown_lines(result, args.title)), encoding="utf-8")
+        console.print(f"wrote {args.markdown}")
     return 0
 
 

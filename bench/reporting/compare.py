@@ -213,3 +213,28 @@ def print_comparison(result: dict, console) -> None:
 
 def _fmt(x) -> str:
     return "–" if x is None else f"{x:.3f}"
+
+
+def markdown_lines(result: dict, title: str | None = None) -> list[str]:
+    """The comparison as one Markdown table: a row per (method, metric), B − A with its CI, p and pairing."""
+    a, b = result["a"], result["b"]
+    lines = [f"# {title or 'Comparison'}: `{result['task']}`", "",
+             f"B − A with B = `{b['label']}` (profile `{b['profile']}`) and A = `{a['label']}` (profile "
+             f"`{a['profile']}`); 95% CI and two-sided p of the difference; **bold**: the CI excludes 0.", ""]
+    lines += [f"Note: {note}" for note in result["notes"]]
+    for side, names in (("A", result["only_a"]), ("B", result["only_b"])):
+        if names:
+            lines.append(f"Only in {side} (not compared): {', '.join(names)}.")
+    lines += ["", "| method | metric | A | B | B − A [95% CI] | p | pairing |", "|---|---|---|---|---|---|---|"]
+    for method, per_metric in result["methods"].items():
+        for m, e in per_metric.items():
+            heading = f"{HEADINGS[m]} {'↑' if METRICS[m][0] > 0 else '↓'}"
+            diff, p, how = "–", "–", ""
+            if e["diff"] is not None:
+                diff = f"{e['diff']:+.3f}"
+                if e["ci"][0] is not None:
+                    diff += f" [{e['ci'][0]:+.3f}, {e['ci'][1]:+.3f}]"
+                    diff = f"**{diff}**" if e["ci"][0] > 0 or e["ci"][1] < 0 else diff
+                p, how = ("–" if e["p"] is None else f"{e['p']:.3g}"), HOW[e["how"]]
+            lines.append(f"| {method} | {heading} | {_fmt(e['a'])} | {_fmt(e['b'])} | {diff} | {p} | {how} |")
+    return lines + [""]
