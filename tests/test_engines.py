@@ -184,7 +184,7 @@ def test_detox_samples_stage_keys_the_engine_only_when_not_transformers(trained)
     splits = {"train": PROMPTS[:6], "val": PROMPTS[6:9], "test": PROMPTS[9:12]}
     built = {}
     for engine in ("transformers", "ctranslate2"):
-        cfg = DetoxConfig(gen_engine=engine, completions_per_prompt=2, max_new_tokens=6, gen_batch_size=8)
+        cfg = DetoxConfig(gen_engine=engine, completions_per_prompt=2, max_new_tokens=6)  # default batch size
         build = stages.Build(cfg, cache, Stages(lambda *args: None))
         build.splits, build.base, build.expert = splits, (model_dir, {"tiny": 0}), (model_dir, {"tiny": 1})
         stages.samples(build)
