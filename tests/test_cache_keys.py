@@ -209,6 +209,7 @@ def fake_hub(texts):
     return lambda name, split: [{"prompt": {"text": t, "toxicity": 0.9}} for t in texts]
 
 
+@pytest.mark.slow  # a cheap smoke build, then 34 replays (about 45 s on 2 cores)
 def test_every_detox_setting_changes_the_key_of_whatever_it_changes(detox_base, monkeypatch):
     cfg, base_cache, base_states, local_lm = detox_base
     changes = variations(local_lm)
@@ -234,6 +235,7 @@ def test_every_detox_setting_changes_the_key_of_whatever_it_changes(detox_base, 
     assert {kind for _, kind, _ in report["data_seed"][1]} == {"asset"}  # all but the prompt wheel is new
 
 
+@pytest.mark.slow  # shares the detox build above
 def test_a_leaked_setting_is_caught(detox_base, monkeypatch):
     """The check itself: with the samples' key blind to gen_batch_size again (it keeps the base's value), the
     samples that another batch size draws are rebuilt and found to differ."""
