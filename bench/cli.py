@@ -158,7 +158,11 @@ def cmd_ambiguity(args, console) -> int:
     for method, m in report.methods.items():
         console.print(f"{method}: " + "; ".join(f"{k} {m[k]['mean']} {m[k]['ci']}" for k in
                                                   ("seeds", "data", "identifiability")), highlight=False)
-    return 0
+    failed = {method: m["failed_fits"] for method, m in report.methods.items() if m["failed_fits"]}
+    for method, fits in failed.items():
+        console.print(f"[red]{method}: {len(fits)} fit(s) failed[/red], left out of its spreads; first error: "
+                      f"{fits[0]['error']}", highlight=False)
+    return 1 if failed else 0
 
 
 def cmd_inspect(args, console) -> int:

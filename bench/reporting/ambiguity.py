@@ -59,8 +59,12 @@ def _rows(report: dict) -> list[list[str]]:
         ident = m["identifiability"]
         grid = f"{m['regulariser']} ∈ {{{', '.join(f'{v:.3g}' for v in m['grid'])}}}" if m["regulariser"] else "none"
         rows.append([method, *(format_estimate(m[name], DIGITS) for name in SPREADS),
-                     f"{ident['n_fits']} of {ident['of_fits']}", grid])
+                     f"{ident['n_fits']} of {ident['of_fits']}" + _failed(m), grid])
     return rows
+
+
+def _failed(m: dict) -> str:
+    return f" ({len(m['failed_fits'])} failed: {m['failed_fits'][0]['error']})" if m.get("failed_fits") else ""
 
 
 SECTION = AmbiguitySection()
