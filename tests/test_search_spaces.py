@@ -10,6 +10,7 @@ import pytest
 from bench import config as C
 from bench import registry
 from bench.config import param
+from bench.errors import BadInput
 from bench.execution.fit_trial import TrialSpec, run_trial
 from bench.kit.interface import IRLMethod
 
@@ -41,27 +42,34 @@ def settings(config_cls) -> list[dict]:
 
 
 def fields_read(name: str, data, tmp_path, monkeypatch) -> tuple[set, set, list]:
-    """(fields read over all settings, fields of the config, the settings tried) for a registered method."""
+    """(fields read over the settings that fitted, fields of the config, the settings that fitted) for a registered
+    method. A choice this task refuses as bad input (e.g. a head that needs a language model) is left out, with
+    whatever its refused fit read; the defaults must fit."""
     cls = registry.methods()[name]
     real = cls.Config
     read: set = set()
-    monkeypatch.setattr(cls, "Config", staticmethod(lambda **values: RecordsReads(real(**values), read)))
-    tried = settings(real)
-    for k, overrides in enumerate(tried):
+    fitted = []
+    for k, overrides in enumerate(settings(real)):
+        this: set = set()
+        monkeypatch.setattr(cls, "Config", staticmethod(lambda **values: RecordsReads(real(**values), this)))
         spec = TrialSpec(name, C.to_dict(C.build(real, overrides)), 0, data.ref)
         result = run_trial(spec, tmp_path / f"{name}-{k}.json", splits=("val",))
+        if overrides and result["status"] != "ok" and result.get("error", "").startswith("BadInput"):
+            continue
         assert result["status"] == "ok", (name, overrides, result.get("error"))
+        read |= this
+        fitted.append(overrides)
     monkeypatch.setattr(cls, "Config", real)
-    return read, {f.name for f in C.fields(real)}, tried
+    return read, {f.name for f in C.fields(real)}, fitted
 
 
 @pytest.mark.parametrize("name", sorted(registry.methods()))
 def test_every_searched_setting_is_read_by_the_fit(name, synthetic_tiny, tmp_path, monkeypatch):
     _, data = synthetic_tiny
-    read, declared, tried = fields_read(name, data, tmp_path, monkeypatch)
+    read, declared, fitted = fields_read(name, data, tmp_path, monkeypatch)
     config_cls = registry.methods()[name].Config
     space = set(C.search_space(config_cls))
-    assert space <= read, f"{name} searches {sorted(space - read)} but never reads them (settings: {tried})"
+    assert space <= read, f"{name} searches {sorted(space - read)} but never reads them (settings: {fitted})"
     # and no setting at all is declared that the fit never reads (tune=False ones included)
     assert declared <= read, f"{name} declares {sorted(declared - read)} but never reads them"
 
@@ -70,7 +78,7 @@ def test_every_searched_setting_is_read_by_the_fit(name, synthetic_tiny, tmp_pat
 class _UnreadConfig:
     used: float = param(1.0, low=0.0, high=2.0, help="read by the fit")
     unused: float = param(1.0, low=0.0, high=2.0, help="never read")
-    mode: str = param("a", choices=["a", "b"], help="'b' reads `only_b`")
+    mode: str = param("a", choices=["a", "b", "c"], help="'b' reads `only_b`; this task refuses 'c'")
     only_b: float = param(1.0, low=0.0, high=2.0, help="read only when mode is b")
 
 
@@ -80,14 +88,16 @@ class _Unread(IRLMethod):
     def fit(self, train, model, cfg, ctx):
         if cfg.mode == "b":
             assert cfg.only_b > 0
+        if cfg.mode == "c" and cfg.unused:  # a refused setting's reads do not count
+            raise BadInput("mode c needs another task.")
         return registry.get_method("random").fit(train, model, None, ctx) if cfg.used else None
 
 
 def test_the_check_finds_an_unread_setting_and_follows_choices(synthetic_tiny, tmp_path, monkeypatch):
     registry.register_method("_unread")(_Unread)
     try:
-        read, declared, tried = fields_read("_unread", synthetic_tiny[1], tmp_path, monkeypatch)
+        read, declared, fitted = fields_read("_unread", synthetic_tiny[1], tmp_path, monkeypatch)
     finally:
         registry._METHODS.pop("_unread", None)
-    assert tried == [{}, {"mode": "b"}]
+    assert fitted == [{}, {"mode": "b"}]  # mode c was refused
     assert declared - read == {"unused"}  # only_b is read under mode b
