@@ -151,6 +151,8 @@ def score(group_dir: Path, plans: dict[str, MethodPlan], request: AmbiguityReque
                 raise RuntimeFailure(f"every ambiguity fit of {m} failed; their errors are in {group_dir / EXTRA}.")
             methods[m] = score_method(boot, val, split, fits(p.seeds), fits([s.trial_id for s in p.data]),
                                       fits([s.trial_id for s in p.grid]), p.regulariser)
+            if p.regulariser:  # the planned strengths, also those whose every fit failed
+                methods[m]["grid"] = sorted({s.config[p.regulariser] for s in p.grid})
             methods[m]["failed_fits"] = [{"trial_id": i, "error": results[i].get("error", "")}
                                          for i in dict.fromkeys(ids) if not _ok(results[i])]
     settings = {"resamples": request.resamples, "seeds": request.seeds, "board_seeds": selection.seeds,
