@@ -11,6 +11,17 @@ from pathlib import Path
 from bench.errors import BadInput, RuntimeFailure
 from bench.progress import quiet_libraries
 
+HEADS = ["linear", "mlp", "lm_top1", "lm_top2"]  # the reward-model classes (bench/kit/reward_models.py make_head)
+
+
+def check_head(task: str, head: str) -> None:
+    """A trainable-layer class (lm_top<k>) needs a task whose reward models read a language model."""
+    from bench import registry
+
+    if head.startswith("lm_top") and registry.get_task(task).realignment is None:
+        raise BadInput(f"--head {head} trains the top blocks of a language model, which task {task!r} has none of; "
+                       f"use --head linear or --head mlp.")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
@@ -43,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rerlhf-normalisation", default="batch", choices=["batch", "affine"],
                      help="how r̂ is scaled for re-alignment: z-scored per generation batch (batch), or one affine "
                           "map fitted on π₀'s training samples (affine: R* itself then reproduces the expert)")
-    run.add_argument("--head", default="linear", choices=["linear", "mlp"],
-                     help="the reward-model class (head over the frozen features) of every method that has one; "
+    run.add_argument("--head", default="linear", choices=HEADS,
+                     help="the reward-model class of every method that has one: a head over the frozen features, or "
+                          "lm_top<k> (the LM's last k blocks train with a linear head; tasks with a language model); "
                           "one class per table: another class is its own run group <profile>+<head>")
     run.add_argument("--rerlhf-methods", default="all",
                      help="all (of --methods), or NAME[,NAME...]: which methods' rewards to re-align with")
@@ -75,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     sweep.add_argument("-v", "--verbose", action="store_true",
                        help="show the libraries' own progress bars, warnings and info logs")
-    sweep.add_argument("--head", default="linear", choices=["linear", "mlp"],
+    sweep.add_argument("--head", default="linear", choices=HEADS,
                        help="the reward-model class every tuned method is fixed to (not searched); frozen configs "
                             "of another class than linear go to tuned/<task>/<profile>+<head>/")
 
@@ -214,6 +226,7 @@ def cmd_ls(args, console) -> int:
 def cmd_run(args, console) -> int:
     from bench.execution import run as pipeline
 
+    check_head(args.task, args.head)
     request = pipeline.RunRequest(
         task=args.task, methods=args.methods, profile=args.profile, seeds=args.seeds, runs_dir=args.runs_dir,
         leaderboards_dir=args.leaderboards_dir, assignments=args.set, address=args.address,
@@ -239,6 +252,7 @@ def cmd_run(args, console) -> int:
 def cmd_sweep(args, console) -> int:
     from bench.execution import sweep
 
+    check_head(args.task, args.head)
     request = sweep.SweepRequest(
         task=args.task, methods=args.methods, profile=args.profile, trials=args.trials,
         seeds_per_trial=args.seeds_per_trial, scheduler=args.scheduler, metric=args.metric, runs_dir=args.runs_dir,

@@ -67,17 +67,40 @@ def _bag_of_tokens(spec: dict) -> BagOfTokens:
     return BagOfTokens(spec["vocab"])
 
 
+TOP_PREFIX = "lm_top"  # head "lm_top<k>": the backbone's last k blocks train with a linear head (bench/kit/lm_top.py)
+TOP_HEADS = ["lm_top1", "lm_top2"]  # the trainable-layer classes a run may ask for
+
+
+def top_layers(kind: str) -> int | None:
+    """k of a head "lm_top<k>", None for a head over fixed features ("linear", "mlp")."""
+    rest = kind[len(TOP_PREFIX):] if kind.startswith(TOP_PREFIX) else ""
+    return int(rest) if rest.isdigit() else None
+
+
+class TopHead(nn.Linear):
+    """The linear head of the trainable-layer class: a bias-free linear map that also names its k, so that the
+    shared trainer (bench/kit/training.py `encode_pairs`) gives the reward model the encoder whose k top blocks
+    train with it."""
+
+    def __init__(self, dim: int, top_layers: int):
+        super().__init__(dim, 1, bias=False)
+        self.top_layers = top_layers
+
+
 def make_head(kind: str, dim: int, hidden: int = 64) -> nn.Module:
     if kind == "linear":
         # No bias: a constant offset never changes a preference, and without it the norm bound means something.
         return nn.Linear(dim, 1, bias=False)
     if kind == "mlp":
         return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1, bias=False))
+    if top_layers(kind) is not None:
+        return TopHead(dim, top_layers(kind))
     raise ValueError(f"unknown head {kind!r}")
 
 
 class RewardModel(nn.Module):
-    """A head over encoder features; `forward` takes features, `score` takes texts."""
+    """A head over encoder features; `forward` takes what `features` returns, `score` takes texts. An encoder that
+    is an `nn.Module` (trainable layers) is a submodule: `features` gives its inputs, `forward` runs it."""
 
     def __init__(self, encoder: Encoder, head: nn.Module):
         super().__init__()
@@ -85,6 +108,8 @@ class RewardModel(nn.Module):
         self.head = head
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.encoder, nn.Module):
+            features = self.encoder(features)
         return self.head(features).squeeze(-1)
 
     def features(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
@@ -131,23 +156,19 @@ def text_key(prompt: str, completion: str) -> str:
     return hashlib.sha256(f"{prompt}\x00{completion}".encode()).hexdigest()[:32]
 
 
-@torch.no_grad()
-def lm_features(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 16,
-                max_length: int = 256, progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Mean-pooled last hidden state of a causal LM over prompt + completion, shape (n, hidden).
+def lm_batches(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 16,
+               max_length: int = 256):
+    """Run a causal LM over prompt + completion texts in batches; yield (text indices, hidden states, mask).
 
     Prompt and completion are tokenized separately and concatenated (the split a policy samples with), truncated
     to the first `max_length` tokens, left-padded with position ids that count real tokens only, so a text's
-    features do not depend on its batch. `progress(k)` is called with the number of texts done after each batch."""
+    states do not depend on its batch. The caller runs under `torch.no_grad()` with the model in eval mode."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     prompt_ids = tokenizer(list(prompts))["input_ids"]
     completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
     rows = [(p + c)[:max_length] or [pad] for p, c in zip(prompt_ids, completion_ids)]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    out = None
-    was_training = model.training
-    model.eval()
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         width = max(len(rows[i]) for i in batch)
@@ -158,11 +179,23 @@ def lm_features(model, tokenizer, prompts: list[str], completions: list[str], ba
             mask[j, width - len(rows[i]) :] = 1
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                       output_hidden_states=True).hidden_states[-1].float()
+        yield batch, model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                           output_hidden_states=True).hidden_states, mask
+
+
+@torch.no_grad()
+def lm_features(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int = 16,
+                max_length: int = 256, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Mean-pooled last hidden state of a causal LM over prompt + completion, shape (n, hidden): see `lm_batches`
+    for the tokenization. `progress(k)` is called with the number of texts done after each batch."""
+    out = None
+    was_training = model.training
+    model.eval()
+    for batch, hidden_states, mask in lm_batches(model, tokenizer, prompts, completions, batch_size, max_length):
+        hidden = hidden_states[-1].float()
         pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         if out is None:
-            out = np.zeros((len(rows), pooled.shape[-1]), dtype=np.float32)
+            out = np.zeros((len(prompts), pooled.shape[-1]), dtype=np.float32)
         out[batch] = pooled.cpu().numpy()
         if progress is not None:
             progress(len(batch))
@@ -180,8 +213,8 @@ class FrozenLMFeatures:
     applies). Texts found in a table cost a lookup; any other text is encoded with the backbone, loaded on first
     need.
 
-    Not yet here (future work, for GPUs): an encoder whose last k backbone layers train with the head, as in the
-    papers' reward models; it would be an `nn.Module` encoder registered the same way."""
+    The trainable-layer class (head "lm_top<k>": the backbone's last k blocks train with the head) wraps this
+    encoder: bench/kit/lm_top.py."""
 
     def __init__(self, spec: dict):
         self.spec = spec

@@ -3,6 +3,11 @@ stopping on validation pair accuracy, progress reports) and `PairwiseMethod`, th
 
 A pairwise method supplies only its per-pair loss on reward margins Δ = r̂(y⁺) − r̂(y⁻) (and, optionally, a
 constraint applied after every step); the head, the encoded pairs and the loop live here once.
+
+The trainable-layer class (head "lm_top<k>", bench/kit/lm_top.py) is handled here too, for every method: the
+encoded pairs are then row ids of cached lower-layer states, the reward model runs the top k blocks over them, and
+every `train_pairwise` call also updates those blocks (at `LR_SCALE` times the head's learning rate), whatever
+`parameters` it restricts the heads to — they are the representation every path of the reward reads.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from torch import nn
 from bench.config import param
 from bench.data import PreferencePairs
 from bench.kit.interface import FitContext, IRLMethod
-from bench.kit.reward_models import RewardModel, make_head
+from bench.kit.lm_top import upgrade
+from bench.kit.reward_models import TOP_HEADS, RewardModel, TopHead, make_head
 
 
 @dataclass
@@ -28,7 +34,8 @@ class OptimiserConfig:
     batch_size: int = param(64, low=1, high=65536, log=True, search=(16, 256), help="pairs per step")
     weight_decay: float = param(0.0, low=0.0, high=0.1, help="decoupled L2 penalty (AdamW)")
     patience: int = param(15, low=1, high=1000, tune=False, help="epochs without a validation gain before stopping")
-    head: str = param("linear", choices=["linear", "mlp"], help="reward head over the features")
+    head: str = param("linear", choices=["linear", "mlp", *TOP_HEADS],
+                      help="reward head over the features; lm_top<k>: the LM's last k blocks train with it")
     hidden: int = param(64, low=4, high=1024, log=True, tune=False, help="hidden width of the mlp head")
 
 
@@ -49,6 +56,14 @@ class PairTensors:
 
 
 def encode_pairs(model: RewardModel, pairs: PreferencePairs, device: torch.device) -> PairTensors:
+    """The pairs' features, or for a head lm_top<k> (which gives `model` the encoder whose top k blocks train with
+    it) the row ids of their cached lower-layer states."""
+    k = next((m.top_layers for m in model.head.modules() if isinstance(m, TopHead)), None)
+    if k is not None:
+        model.encoder = upgrade(model.encoder, k).to(device)
+        n = len(pairs)
+        rows = model.features(list(pairs.prompts) * 2, list(pairs.chosen) + list(pairs.rejected)).to(device)
+        return PairTensors(chosen=rows[:n], rejected=rows[n:])
     return PairTensors(
         chosen=model.features(pairs.prompts, pairs.chosen).to(device),
         rejected=model.features(pairs.prompts, pairs.rejected).to(device),
@@ -62,18 +77,19 @@ def margins(reward: nn.Module, pairs: PairTensors) -> torch.Tensor:
 @torch.no_grad()
 def pair_accuracy(reward: nn.Module, pairs: PairTensors) -> float:
     """Share of pairs ordered correctly; a tie counts one half."""
-    d = margins(reward, pairs)
-    return float(((d > 0).double() + 0.5 * (d == 0).double()).mean())
+    return _validation(reward, pairs)[0]
 
 
 @torch.no_grad()
-def _scale(reward: nn.Module, pairs: PairTensors) -> dict:
-    """The reward's margin and scale on validation pairs (as TRL's reward trainer logs them): a loss that is linear
-    in Δ can lower itself by growing the scale alone, which these numbers show."""
-    d = margins(reward, pairs)
-    both = torch.cat([reward(pairs.chosen).squeeze(-1), reward(pairs.rejected).squeeze(-1)])
-    return {"val_margin_mean": float(d.mean()), "val_reward_mean": float(both.mean()),
-            "val_reward_std": float(both.std()) if len(both) > 1 else 0.0}
+def _validation(reward: nn.Module, pairs: PairTensors) -> tuple[float, dict]:
+    """Pair accuracy, and the reward's margin and scale (as TRL's reward trainer logs them: a loss that is linear
+    in Δ can lower itself by growing the scale alone, which these numbers show), from one pass over the pairs."""
+    chosen, rejected = reward(pairs.chosen).squeeze(-1), reward(pairs.rejected).squeeze(-1)
+    d = chosen - rejected
+    both = torch.cat([chosen, rejected])
+    return float(((d > 0).double() + 0.5 * (d == 0).double()).mean()), {
+        "val_margin_mean": float(d.mean()), "val_reward_mean": float(both.mean()),
+        "val_reward_std": float(both.std()) if len(both) > 1 else 0.0}
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (margins of a batch, their pair indices) -> loss
@@ -99,6 +115,11 @@ def train_pairwise(
     validation pair accuracy.
     """
     params = list(parameters if parameters is not None else reward.parameters())
+    encoder = getattr(reward, "encoder", None)
+    if isinstance(encoder, nn.Module):  # trainable layers: always trained, at their own (smaller) learning rate
+        layers = [p for p in encoder.parameters() if p.requires_grad]
+        params = [{"params": [p for p in params if all(p is not q for q in layers)]},
+                  {"params": layers, "lr": cfg.lr * encoder.lr_scale}]
     optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(ctx.seed)
     # Only states reached by this call compete: a stage always returns a model it trained.
@@ -114,8 +135,8 @@ def train_pairwise(
             optimiser.step()
             if project is not None:
                 project()
-        acc = pair_accuracy(reward, val)
-        ctx.report(stage=stage, epoch=epoch, loss=float(loss.detach()), val_pair_accuracy=acc, **_scale(reward, val))
+        acc, scale = _validation(reward, val)
+        ctx.report(stage=stage, epoch=epoch, loss=float(loss.detach()), val_pair_accuracy=acc, **scale)
         if acc > best_acc:
             since_best = 0
         else:

@@ -187,8 +187,11 @@ def render_markdown(doc: dict, sections: ReportSections | None = None) -> str:
 
 
 def reward_model(row: dict) -> str:
-    """The reward-model class of a row: its head over the frozen features, or "—" for a method without one."""
+    """The reward-model class of a row: its head over the frozen features, the trainable-layer class lm_top<k>
+    (bench/kit/lm_top.py), or "—" for a method without one."""
     head = row.get("config", {}).get("head")
+    if head and head.startswith("lm_top"):
+        return f"{head} head (linear, over the LM's last {head[len('lm_top'):]} blocks, which train with it)"
     return f"{head} head" if head else "—"
 
 
@@ -197,7 +200,8 @@ def class_line(rows: list[dict]) -> str:
     objectives; `bench run --head` keeps one class per run group)."""
     classes = sorted({reward_model(r) for r in rows} - {"—"})
     if len(classes) == 1:
-        return (f"Reward model: every trained method uses the {classes[0]} over the frozen features "
+        over = "" if "lm_top" in classes[0] else " over the frozen features"
+        return (f"Reward model: every trained method uses the {classes[0]}{over} "
                 f"(baselines have none); other classes are other run groups.")
     return f"Reward models: {', '.join(classes) or 'none'} — this table mixes classes (see the tuning record)."
 
