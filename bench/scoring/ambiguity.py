@@ -6,8 +6,9 @@ scale). What changes is the set of fits it is taken over:
 
     seeds             the board's fits: one configuration, the demonstrations as given, different seeds
     data              fits on bootstrap resamples of the training prompts, at seed 0 and the same configuration
-    identifiability   every fit of the two sets above, repeated at each regularisation strength, whose validation
-                      loss lies within ε of the best one's: rewards the demonstrations explain equally well
+    identifiability   seeds 0..S-1 on the demonstrations as given and seed 0 on every resample, each at every
+                      regularisation strength: those fits whose validation loss lies within ε of the best one's,
+                      rewards the demonstrations explain equally well
 
 The 95% CIs resample test prompts (the scorer's prompt weights, so the seeds spread equals the board's seed
 ambiguity, CI included); the fits are not resampled, as a duplicated fit would agree with itself.
@@ -39,8 +40,9 @@ SPREADS = {
     "seeds": "over the board's seeds (one configuration, the demonstrations as given): optimiser noise",
     "data": "over fits on bootstrap resamples of the training prompts (seed 0, the same configuration): data "
             "ambiguity",
-    "identifiability": "over every fit of both sets, each at every regularisation strength, whose validation loss "
-                       "is within ε (its standard error) of the best: rewards the demonstrations cannot tell apart",
+    "identifiability": "over the fits of seeds 0..S−1 and of every resample, each at every regularisation strength, "
+                       "whose validation loss is within ε (its standard error) of the best: rewards the "
+                       "demonstrations cannot tell apart",
 }
 DISTANCE = ("1 − mean pairwise Pearson of per-prompt-centred rewards on the board's held-out items (the seed "
             "ambiguity column); 95% CI over test-prompt resamples")
@@ -117,7 +119,7 @@ def evaluation(data: TaskData, split: str, n_boot: int, seed: int) -> tuple[Boot
 def score_method(boot: Bootstrap, val: EvalSet, split: str, seeds: list[dict], data_fits: list[dict],
                  grid_fits: list[dict], regulariser: str | None) -> dict:
     """One method's three spreads from its trial results (payloads with "rewards", "seed", "config", and
-    "resample" when not 0). `grid_fits` is every fit of the identifiability grid (the seeds and data sets included)."""
+    "resample" when not 0). `grid_fits` is every fit of the identifiability grid."""
     rewards = lambda fits: [np.asarray(f["rewards"][split], dtype=float) for f in fits]  # noqa: E731
     if not grid_fits:
         raise ValueError("no successful fit to score")
