@@ -110,3 +110,14 @@ def test_a_task_without_a_language_model_refuses_the_class(capsys):
         check_head("synthetic", "lm_top2")
     check_head("detox", "lm_top2")
     assert main(["run", "--task", "synthetic", "--head", "lm_top1"]) == 2
+
+
+def test_scoring_new_texts_keeps_no_states(spec):
+    model = fit(spec, "lm_top1")
+    held = len(model.encoder.states)
+    texts = PreferencePairs(["an unseen prompt", "another one"], ["with a new ending", "and more"], ["x", "y"])
+    transient = model.score(texts.prompts, texts.chosen)
+    assert len(model.encoder.states) == held  # a policy's samples scored during re-alignment are not kept
+    with torch.no_grad():
+        stored = model(model.encoder.encode(texts.prompts, texts.chosen)).numpy()
+    assert np.abs(transient - stored).max() < 1e-5 * max(1.0, np.abs(stored).max())

@@ -47,6 +47,7 @@ class TopLayersEncoder(nn.Module):
         self.lr_scale = LR_SCALE
         self.states: list[np.ndarray] = []  # per row: (tokens, dim) float32, a view into a memory-mapped table
         self.rows: dict[str, int] = {}
+        self.table = frozen.rows  # keys of the task's own texts (features table): their states are worth storing
         self.checked = k == 0
         backbone, _ = self.backbone
         self.split = backbone.config.num_hidden_layers - k  # hidden_states[split] enters the first trainable block
@@ -73,6 +74,23 @@ class TopLayersEncoder(nn.Module):
         return self
 
     # ------------------------------------------------------------------ cached lower-layer states
+
+    @torch.no_grad()
+    def features_of(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
+        """Features of texts for scoring: the task's own texts through stored states; any other text (e.g. a
+        policy's samples during re-alignment) through states computed here and dropped, so memory stays flat."""
+        keys = [text_key(p, c) for p, c in zip(prompts, completions)]
+        stored = [i for i, k in enumerate(keys) if k in self.rows or (self.table and k in self.table)]
+        out = torch.zeros((len(keys), self.dim), device=self.mean.device)
+        if stored:
+            out[stored] = self(self.encode([prompts[i] for i in stored], [completions[i] for i in stored]).to(
+                self.mean.device))
+        transient = sorted(set(range(len(keys))) - set(stored))
+        for start in range(0, len(transient), CHUNK):
+            chunk = transient[start : start + CHUNK]
+            states = self._states([prompts[i] for i in chunk], [completions[i] for i in chunk])
+            out[chunk] = self._pooled(states)
+        return out
 
     def encode(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
         keys = [text_key(p, c) for p, c in zip(prompts, completions)]
@@ -109,15 +127,20 @@ class TopLayersEncoder(nn.Module):
         return tempfile.TemporaryDirectory(prefix="lm_top_states-")
 
     @torch.no_grad()
-    def _write(self, out: Path, prompts: list[str], completions: list[str], keys: list[str]) -> None:
+    def _states(self, prompts: list[str], completions: list[str]) -> list[np.ndarray]:
+        """The hidden state entering the first trainable block, per text: (its tokens, dim) float32."""
         model, tok = self.backbone
-        per_text: list[np.ndarray] = [np.zeros((0, self.dim), np.float32)] * len(keys)
+        per_text: list[np.ndarray] = [np.zeros((0, self.dim), np.float32)] * len(prompts)
         for batch, hidden_states, mask in lm_batches(model, tok, prompts, completions, 16, self.max_length):
             lower = hidden_states[self.split].float()
             for j, i in enumerate(batch):
                 per_text[i] = lower[j, mask[j].bool()].cpu().numpy()
             if not self.checked:
                 self._check(lower, mask, hidden_states[-1].float())
+        return per_text
+
+    def _write(self, out: Path, prompts: list[str], completions: list[str], keys: list[str]) -> None:
+        per_text = self._states(prompts, completions)
         offsets = np.cumsum([0] + [len(s) for s in per_text])
         np.save(out / "states.npy", np.concatenate(per_text) if per_text else np.zeros((0, self.dim), np.float32))
         np.save(out / "offsets.npy", offsets)
@@ -137,14 +160,14 @@ class TopLayersEncoder(nn.Module):
     # ------------------------------------------------------------------ the trainable part
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        states = [self.states[r] for r in rows.tolist()]
         if torch.is_grad_enabled():
-            return self._pooled(rows)
-        return torch.cat([self._pooled(rows[s : s + CHUNK]) for s in range(0, len(rows), CHUNK)] or
+            return self._pooled(states)
+        return torch.cat([self._pooled(states[s : s + CHUNK]) for s in range(0, len(states), CHUNK)] or
                          [torch.zeros((0, self.dim), device=self.mean.device)])
 
-    def _pooled(self, rows: torch.Tensor) -> torch.Tensor:
+    def _pooled(self, states: list[np.ndarray]) -> torch.Tensor:
         device = self.mean.device
-        states = [self.states[r] for r in rows.tolist()]
         width = max(len(s) for s in states)
         x = torch.zeros((len(states), width, self.dim))
         mask = torch.zeros((len(states), width), dtype=torch.long)

@@ -117,6 +117,8 @@ class RewardModel(nn.Module):
 
     @torch.no_grad()
     def score(self, prompts: list[str], completions: list[str]) -> np.ndarray:
+        if hasattr(self.encoder, "features_of"):  # trainable layers: features of any text, without keeping its inputs
+            return self.head(self.encoder.features_of(prompts, completions)).squeeze(-1).double().cpu().numpy()
         device = next(self.head.parameters()).device
         return self(self.features(prompts, completions).to(device)).double().cpu().numpy()
 
