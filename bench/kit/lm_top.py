@@ -20,6 +20,7 @@ import copy
 import functools
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -122,8 +123,7 @@ class TopLayersEncoder(nn.Module):
 
     @functools.cached_property
     def _tmp(self):
-        import tempfile  # only an encoder without a features table keeps its states in a temporary directory
-
+        """Where an encoder without a features table (no artifact cache) keeps its states."""
         return tempfile.TemporaryDirectory(prefix="lm_top_states-")
 
     @torch.no_grad()
