@@ -4,6 +4,8 @@ profile's data.
 
     OMP_NUM_THREADS=1 nice python benchmarks/reward_model_classes.py [--profile smoke] [--heads linear,lm_top1,lm_top2]
         [--method bradley_terry] [--epochs 10] [--repeats 3] [--workdir /tmp/rmclasses]
+    # then, on the same pairs over the default profile's backbone (an HF directory), added to the same results:
+    ... --epochs 3 --backbone DIR --backbone-name SmolLM2-135M-Instruct
 
 Each head is fitted once (its first fit: for lm_top<k> it computes and stores the lower-layer states of every
 text, as the first trial of a run does), then `--repeats` times, the heads interleaved; each fit runs exactly
