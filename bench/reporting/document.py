@@ -20,6 +20,7 @@ from bench.reporting import html
 from bench.reporting.markdown import PRIMARY, render_markdown
 from bench.reporting.sections import sections_for
 from bench.scoring.bootstrap import ALPHA
+from bench.scoring.coverage import run_coverage
 from bench.scoring.scorer import (
     METRICS,
     NULL_METHOD,
@@ -136,6 +137,7 @@ def assemble(selection: Selection, data: TaskData, ok: dict[str, list[dict]], fa
             "improvement": "P(method > reference) over pairs of seeds, ties ½, CI from resampling seeds",
         },
         "scored_split": split,
+        "coverage": run_coverage(ok, data, split, n_boot=n_boot, seed=seed),
         "data": data_counts(data, split),
         "normalisation": {"null": NULL_METHOD, "top": TOP_METHOD, "metrics": PER_SEED,
                           "available": NULL_METHOD in scored and TOP_METHOD in scored},

@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 
-from bench.reporting.markdown import COLUMNS, HEADINGS, TIE_MARK, power_lines, standing, tuning_lines
+from bench.reporting.markdown import COLUMNS, HEADINGS, TIE_MARK, coverage_lines, power_lines, standing, tuning_lines
 from bench.reporting.sections import ReportSections
 from bench.scoring.estimate import format_estimate
 from bench.scoring.scorer import METRICS
@@ -78,6 +78,7 @@ def render(doc: dict, sections: ReportSections | None = None) -> str:
                           f"{scatter['prompts']} of {scatter['of_prompts']} test prompts shown.")]
     parts += [figure_html(_stability(doc), "Seed-to-seed stability: each dot is one seed's value on the full test set, "
                                        "the bar the mean over seeds.")]
+    parts += markdown_as_html(coverage_lines(doc))
     if sections is not None:
         parts += sections.html(doc)
     failed = [(r["method"], f) for r in rows for f in r["failures"]]

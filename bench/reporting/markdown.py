@@ -167,6 +167,7 @@ def render_markdown(doc: dict, sections: ReportSections | None = None) -> str:
     if failed:
         lines += ["", "## Failed trials", ""]
         lines += [f"- `{m}` seed {f.get('seed', '?')} (trial `{f['trial_id']}`): {f['error']}" for m, f in failed]
+    lines += coverage_lines(doc)
     if sections is not None:
         lines += sections.markdown(doc)
     lines += tuning_lines(rows)
@@ -224,4 +225,23 @@ def tuning_lines(rows: list[dict]) -> list[str]:
         lines.append(f"| {r['method']} | {reward_model(r)} | `{tuning['source']}`{overridden} | {dims} | "
                      f"{b['configurations']} | {b['completed']} | {b['fits']} | {b['cpu_hours']:.3f} | "
                      f"{tuning['objective']['metric']} {tuning['objective']['value']:.4f} |")
+    return lines
+
+
+def coverage_lines(doc: dict) -> list[str]:
+    """The STARC-by-coverage table (bench/scoring/coverage.py), rows in the board's order."""
+    coverage = doc.get("coverage")
+    if not coverage or not coverage["methods"]:
+        return []
+    n = coverage["n_items"]
+    lines = ["", "## STARC by coverage distribution", "",
+             f"STARC = √(2 − 2·centred r) here, so the distribution it is taken over is what matters: π₀'s own "
+             f"samples ({n['pi0']} items: {', '.join(coverage['sources']['pi0'])}) or the broad pool of every "
+             f"scored item ({n['broad']}: {', '.join(coverage['sources']['broad'])}). Mean over seeds, 95% CI over "
+             f"prompt resamples; lower is better, √2 ≈ 1.414 is a reward unrelated to R*.", "",
+             "| method | STARC on π₀'s samples ↓ | STARC on the broad pool ↓ |", "|---|---|---|"]
+    for method in [r["method"] for r in doc["rows"] if r["method"] in coverage["methods"]]:
+        entry = coverage["methods"][method]
+        cells = [f"{entry[k]['mean']:.3f} [{entry[k]['ci'][0]:.3f}, {entry[k]['ci'][1]:.3f}]" for k in ("pi0", "broad")]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
