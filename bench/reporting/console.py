@@ -8,21 +8,15 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.reporting.markdown import HEADINGS, TIE_MARK, standing
+from bench.scoring.estimate import format_estimate
 
 # Headline metrics, most important first: a narrower console drops them from the end.
 SHOWN = ["roc_auc", "pair_accuracy", "starc", "centred_pearson", "seed_ambiguity"]
 
 
 def cell(estimate: dict | None) -> str:
-    """"v [lo, hi]" with two decimals ("–" when missing or undefined; "†" when marked unreliable)."""
-    value = None if not estimate else estimate.get("mean", estimate.get("value"))
-    if value is None or value != value:
-        return "–"
-    text = f"{value:.2f}"
-    ci = estimate.get("ci")
-    if ci and ci[0] is not None and ci[0] == ci[0]:
-        text += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
-    return text + ("†" if str(estimate.get("note", "")).startswith("unreliable") else "")
+    """"v [lo, hi]" with two decimals: the boards' own format, narrower."""
+    return format_estimate(estimate, 2)
 
 
 def summary_table(doc: dict, metrics: list[str]) -> Table:
