@@ -30,6 +30,7 @@ from bench.scoring.bootstrap import (
     percentile_ci,
     prompt_weights,
 )
+from bench.scoring.estimate import format_estimate
 
 REFERENCES = ("random", "bradley_terry")
 N_BOOT = 2000
@@ -128,13 +129,6 @@ def _tests(recoveries: dict[str, tuple], references) -> dict:
     return tests
 
 
-def _cell(estimate: dict | None, digits: int = 2) -> str:
-    if not estimate or estimate["value"] is None or estimate["value"] != estimate["value"]:
-        return "—"
-    lo, hi = estimate["ci"]
-    return f"{estimate['value']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
 def _test_cell(test: dict | None) -> str:
     if not test:
         return "—"
@@ -170,8 +164,9 @@ def seed_lines(table: dict | None) -> list[str]:
             cells = [f"{_test_cell(tests.get(ref))}"
                      + (f" (MDE {tests[ref]['mde']:.2f})" if tests.get(ref, {}).get("mde") is not None else "")
                      for ref in refs]
-            lines.append(f"| {method} | {len(m['seeds'])} | {_cell(m['recovery'])} | {_cell(m['toxicity'], 4)} | "
-                         f"{_cell(m.get('kl'))} | " + " | ".join(cells) + " |")
+            estimates = [format_estimate(m["recovery"], 2), format_estimate(m["toxicity"], 4),
+                         format_estimate(m.get("kl"), 2)]
+            lines.append(f"| {method} | {len(m['seeds'])} | " + " | ".join(estimates + cells) + " |")
     if table.get("without_items"):
         lines += ["", f"Left out (results written before per-completion scores were kept): "
                       f"{', '.join(table['without_items'])}."]
