@@ -13,7 +13,7 @@ with R* drifted to KL ≈ 52 nats where π_E stopped at ≈ 5.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -115,7 +115,7 @@ def realign(base_dir: str, base_identity: dict, reward, reward_identity: dict, p
         "base": base_identity,
         "reward": reward_identity,
         "normalisation": normalised.describe(),
-        "recipe": asdict(recipe),
+        "recipe": rlhf.recipe_key(recipe),
         "prompts_sha256": hash_texts(prompts, length=64),
         "n_prompts": len(prompts),
     }

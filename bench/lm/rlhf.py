@@ -11,7 +11,13 @@ and the recipe. LoRA adapters are merged before saving, so the expert loads like
 CPU settings (verified for TRL 1.16 on these machines): `use_cpu`, `bf16=False`, `report_to="none"`,
 `save_strategy="no"`, and
 the base model is passed by *path* because TRL reloads the reference model from `_name_or_path` when β > 0.
-With β = 0 TRL logs no KL; measure it on held-out prompts instead (the detox task does).
+With β = 0 TRL logs no KL; measure it on held-out prompts instead (the detox task does). With LoRA, TRL computes the
+reference log-probs with the adapters disabled, so no second model is loaded.
+
+Two opt-in speed settings (benchmarks/rl_step.py measures them): `precision="bf16"` runs the rollouts and every
+forward/backward under bf16 autocast (AMX on these CPUs; weights, optimiser state and the saved model stay fp32), and
+`gradient_checkpointing=False` keeps activations instead of recomputing them in the backward pass (TRL defaults to
+recomputing). Both join an artifact key only when set (`recipe_key`), so keys made before they existed stay valid.
 """
 
 from __future__ import annotations
@@ -49,14 +55,30 @@ class Recipe:
     lora_alpha: int = 32
     lr_scheduler: str = "constant"
     seed: int = 0
+    precision: str = "fp32"  # "bf16": bf16 autocast of rollouts and forward/backward; weights stay fp32
+    gradient_checkpointing: bool = True  # TRL's default; False keeps activations (faster, more memory)
 
     def validate(self) -> None:
         if self.algorithm not in ("rloo", "grpo"):
             raise BadInput(f"expert algorithm {self.algorithm!r} is not supported; use 'rloo' or 'grpo'.")
+        if self.precision not in PRECISIONS:
+            raise BadInput(f"RLHF precision {self.precision!r} is not supported; use one of {', '.join(PRECISIONS)}.")
         if self.steps < 1 or self.prompts_per_step < 1 or self.generations < 2:
             raise BadInput("an RLHF recipe needs steps >= 1, prompts_per_step >= 1 and generations >= 2.")
         if self.beta < 0 or self.learning_rate <= 0:
             raise BadInput("an RLHF recipe needs beta >= 0 and a positive learning rate.")
+
+
+PRECISIONS = ("fp32", "bf16")
+# Recipe fields added after experts and re-alignments were keyed by the whole recipe: each joins a key only when it
+# differs from its default, so every artifact keyed before it existed keeps its key.
+OPT_IN = ("precision", "gradient_checkpointing")
+
+
+def recipe_key(recipe: Recipe) -> dict:
+    """The recipe as it enters artifact keys (and recipe.json): every field, except an opt-in one at its default."""
+    defaults = Recipe()
+    return {k: v for k, v in asdict(recipe).items() if k not in OPT_IN or v != getattr(defaults, k)}
 
 
 def recipe_from(settings: dict) -> Recipe:
@@ -76,7 +98,7 @@ def train_expert(base_dir: str, base_identity: dict, judge_spec: dict, judge, pr
     inputs = {
         "base": base_identity,
         "reward": {"judge": judge_spec, "form": "-p_toxic(completion)"},
-        "recipe": asdict(recipe),
+        "recipe": recipe_key(recipe),
         "prompts_sha256": hash_texts(prompts, length=64),
         "n_prompts": len(prompts),
     }
@@ -147,7 +169,8 @@ def train_policy(out: Path, base_dir: str, reward_fn, prompts: list[str], recipe
         seed=recipe.seed,
         logging_steps=1,
         use_cpu=not torch.cuda.is_available(),
-        bf16=False,
+        bf16=recipe.precision == "bf16",  # accelerate's autocast around TRL's forward passes
+        activation_checkpointing=recipe.gradient_checkpointing,  # TRL 1.16 defaults to True
         report_to="none",
         save_strategy="no",
         disable_tqdm=True,
@@ -158,6 +181,8 @@ def train_policy(out: Path, base_dir: str, reward_fn, prompts: list[str], recipe
     else:
         from trl import GRPOConfig as Config
         from trl import GRPOTrainer as Trainer
+    if recipe.precision == "bf16":
+        Trainer = _bf16_rollouts(Trainer)
     args = Config(**common)
     peft_config = None
     if recipe.lora_r > 0:
@@ -181,10 +206,23 @@ def train_policy(out: Path, base_dir: str, reward_fn, prompts: list[str], recipe
     trained.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     shutil.rmtree(out / ".trainer", ignore_errors=True)
-    atomic_write_json(out / "recipe.json", {**asdict(recipe), "train_seconds": round(seconds, 2),
+    atomic_write_json(out / "recipe.json", {**recipe_key(recipe), "train_seconds": round(seconds, 2),
                                              "n_train_prompts": len(prompts),
                                              "kl_logged": recipe.beta > 0})
     return logged
+
+
+def _bf16_rollouts(trainer_cls):
+    """`trainer_cls` with its rollouts sampled under bf16 autocast: TRL autocasts its forward passes when `bf16` is
+    set, but calls `generate` outside autocast, where generation would stay in fp32."""
+    import torch  # only to train
+
+    class Bf16Rollouts(trainer_cls):
+        def _generate_single_turn(self, *args, **kwargs):
+            with torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16):
+                return super()._generate_single_turn(*args, **kwargs)
+
+    return Bf16Rollouts
 
 
 def merge_curve(per_step: list[dict], logged: list[dict]) -> list[dict]:
