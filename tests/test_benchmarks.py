@@ -53,3 +53,13 @@ def test_fit_scaling_through_the_suite_writes_results_and_the_index(tmp_path):
     assert "[fit_scaling](fit_scaling.md)" in index and "pairs^" in index
     assert "| judges |" in index and "not measured yet" in index  # parts without results are still listed
     assert json.loads((tmp_path / "runs.json").read_text())["fit_scaling"]["status"] == "ok"
+
+
+def test_gpu_script_parses_and_its_steps_fit_in_ten_minutes():
+    script = REPO / "benchmarks" / "gpu.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    limits = {name: int(text.split(f"{name}=${{{name}:-")[1].split("}")[0]) for name in
+              ("T_COLD", "T_GEN", "T_WARM", "T_RUN")}
+    assert sum(limits.values()) <= 570, limits  # the rest of the 600 s: preflight, copies, the summary
+    assert "--gpus-per-trial" in text and "--rerlhf-methods all" in text  # trials get the GPU; every method re-RLHF'd
