@@ -77,6 +77,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--all", action="store_true", help="every part the suite can run (hours on a CPU)")
     parser.add_argument("--quick", action="store_true", help="each part's small workload")
     parser.add_argument("--list", action="store_true", help="name every part and exit")
+    parser.add_argument("--index", action="store_true", help="only rewrite RESULTS/README.md from the results there")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the parts write (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per part before it is stopped")
     args = parser.parse_args(argv)
@@ -208,13 +209,17 @@ def index(results: Path) -> str:
         shown = f"[{name}]({name}.md)" if (results / f"{name}.md").exists() else name
         lines.append(f"| {shown} | {part.what} | {headline(name, r)} | {date} | {where} | "
                      f"{gpu_status(part, results)} |")
+    if not (results / "gpu").is_dir():
+        lines += ["", "GPU figures: still to be measured. No GPU machine has run `benchmarks/gpu.sh` yet (its "
+                      "`--check` mode validates it on a CPU); when one does, commit what it writes under `gpu/` and "
+                      "rerun `python -m benchmarks --index`."]
     return "\n".join(lines) + "\n"
 
 
 def gpu_status(part: Part, results: Path) -> str:
     if (results / "gpu" / f"{part.name}.json").exists():
         return f"[measured](gpu/{part.name}.json)"
-    return "still to be measured (benchmarks/gpu.sh)" if part.on_gpu else "not planned (CPU figure)"
+    return "still to be measured (benchmarks/gpu.sh)" if part.on_gpu else "CPU only (not in gpu.sh)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<22} {kind:<8} {part.what}")
         return 0
     args.results.mkdir(parents=True, exist_ok=True)
+    if args.index:
+        (args.results / "README.md").write_text(index(args.results))
+        return 0
     runs_path = args.results / "runs.json"
     runs = json.loads(runs_path.read_text()) if runs_path.exists() else {}
     failed = []
