@@ -35,16 +35,14 @@ import transformers
 from transformers import AutoTokenizer, GenerationConfig
 
 from bench.errors import BadInput, RuntimeFailure
+from bench.lm.bf16 import UNMATCHED_DEFAULTS, VARIANTS, LoopSampler, fast_bf16_hardware, to_bf16
 from bench.lm.policies import Policy, prompt_ids
 from bench.storage.artifacts import MANIFEST, ArtifactCache, content_hash, file_sha256
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("transformers", "ctranslate2", "ctranslate2-int8", "auto")
+ENGINES = ("transformers", "transformers-bf16", "ctranslate2", "ctranslate2-int8", "auto")
 DEFAULT = "transformers"
-# generation_config options that transformers.generate applies by default and CTranslate2 would not reproduce.
-_UNMATCHED_DEFAULTS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": None,
-                       "min_length": 0, "bad_words_ids": None, "suppress_tokens": None, "begin_suppress_tokens": None}
 
 
 class Engine:
@@ -73,6 +71,26 @@ class TransformersEngine(Engine):
 
     def load(self, model_dir: str, chat: bool = False) -> Policy:
         return Policy.from_pretrained(model_dir, chat=chat)
+
+
+class BF16Engine(Engine):
+    """The reference model with its matrix products in bfloat16 (`variant`, bench/lm/bf16.py), sampled by
+    `LoopSampler`: the reference's prompts, batching, seeds and warpers, a cheaper draw."""
+
+    name = "transformers-bf16"
+
+    def __init__(self, variant: str = "linear"):
+        if variant not in VARIANTS:
+            raise BadInput(f"bfloat16 variant {variant!r}; choose from: {', '.join(VARIANTS)}.")
+        self.variant = variant
+
+    def identity(self) -> dict:
+        return {"engine": self.name, "dtype": "bfloat16", "variant": self.variant, "decoder": "loop"}
+
+    def load(self, model_dir: str, chat: bool = False) -> LoopSampler:
+        policy = Policy.from_pretrained(model_dir, chat=chat)
+        to_bf16(policy.model, self.variant)
+        return LoopSampler(policy, model_dir)
 
 
 class CTranslate2Engine(Engine):
@@ -104,17 +122,22 @@ def resolve(name: str) -> str:
         raise BadInput(f"unknown generation engine {name!r}; choose from: {', '.join(ENGINES)}.")
     if name != "auto":
         return name
-    # benchmarks/results/generation.md: the exact ctranslate2 (float32) is no reliably faster than batched transformers
-    # on the CPU (1.16x at batch 16, 0.85x at 64), and int8, the fast one, samples another distribution. With a CUDA
-    # GPU, transformers is the tested path too.
+    # benchmarks/results/generation.md: on a CPU with native bfloat16 (AMX / AVX512-BF16) transformers-bf16 is the
+    # fastest engine that samples the reference's distribution; ctranslate2 float32 is not reliably faster than
+    # transformers, and int8 samples another distribution. On a GPU nothing else was measured: transformers.
+    if not torch.cuda.is_available() and fast_bf16_hardware():
+        return "transformers-bf16"
     return "transformers"
 
 
 def make_engine(name: str, cache: ArtifactCache | None = None, compute_type: str | None = None) -> Engine:
-    """The engine `name` stands for; `compute_type` overrides the one a ctranslate2 name implies."""
+    """The engine `name` stands for; `compute_type` overrides the one a ctranslate2 name implies (for
+    transformers-bf16 it is the variant, bench/lm/bf16.py)."""
     name = resolve(name)
     if name == "transformers":
         return TransformersEngine()
+    if name == "transformers-bf16":
+        return BF16Engine(compute_type or "linear")
     if not ct2_installed():
         raise BadInput("the ctranslate2 generation engine is not installed; `pip install -e '.[fast]'` "
                        "(ctranslate2==4.8.5), or choose the engine 'transformers' or 'auto'.")
@@ -191,7 +214,7 @@ class CT2Sampler:
         self.chat = chat
         generation = GenerationConfig.from_pretrained(model_dir) if (Path(model_dir) /
                                                                      "generation_config.json").is_file() else None
-        unmatched = {k: getattr(generation, k, None) for k, default in _UNMATCHED_DEFAULTS.items()
+        unmatched = {k: getattr(generation, k, None) for k, default in UNMATCHED_DEFAULTS.items()
                      if generation is not None and getattr(generation, k, default) not in (default, None)}
         if unmatched:
             raise RuntimeFailure(f"{model_dir}'s generation_config sets {unmatched}, which transformers applies and "

@@ -1,0 +1,167 @@
+"""The bfloat16 generation engine's pieces (bench/lm/engines.py `transformers-bf16`): the reference model with its
+matrix products in bfloat16, and a decoding loop that samples like `Policy.generate` at less cost.
+
+Variants of the network:
+    linear   every linear layer (attention and MLP projections, the LM head) multiplies in bfloat16 and returns
+             float32: the residual stream, the norms, attention's softmax and the KV cache stay float32
+    model    the whole model cast to bfloat16 (residual stream, norms and KV cache included); logits cast to
+             float32 for sampling
+
+`LoopSampler` decodes with `Policy.generate`'s prompt ids, batching (prompts sorted by length, `batch_size`
+sequences per batch) and per-batch seeds, and transformers' own temperature and top-p warpers, so the distribution
+of a completion given the logits is the reference's. It differs in three ways that change no distribution: each
+prompt is run once and its KV cache repeated for its `n` samples (transformers runs n copies); a token is drawn by
+inverting the CDF with one uniform per row (`torch.multinomial` draws an exponential per vocabulary entry, ~0.1 s
+per step for 64 rows of SmolLM2's 49k tokens on one core), from a private `torch.Generator`; and it stops when
+every row has ended. Greedy decoding is the argmax, as in transformers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import GenerationConfig
+from transformers.generation import TemperatureLogitsWarper, TopPLogitsWarper
+from transformers.pytorch_utils import Conv1D
+
+from bench.errors import BadInput, RuntimeFailure
+from bench.lm.policies import Policy
+
+VARIANTS = ("linear", "model")
+# generation_config options that transformers.generate applies by default and a plain sampler would not reproduce.
+UNMATCHED_DEFAULTS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": None,
+                      "min_length": 0, "bad_words_ids": None, "suppress_tokens": None, "begin_suppress_tokens": None}
+
+
+def fast_bf16_hardware() -> bool:
+    """Whether this CPU multiplies bfloat16 natively: AMX or AVX512-BF16 (there a bfloat16 matrix product is ~4x
+    float32's on one core; elsewhere oneDNN emulates it, slower than float32)."""
+    try:
+        flags = torch._C._cpu._get_cpu_capability()  # private, but the only place torch reports these flags
+    except (AttributeError, RuntimeError):
+        return False
+    return bool(flags.get("amx_bf16") or flags.get("avx512_bf16"))
+
+
+class BF16Linear(torch.nn.Module):
+    """y = x W^T (+ b): the product in bfloat16 (accumulated in float32 by oneDNN/cuBLAS), returned in x's dtype;
+    the bias is added in that dtype."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.register_buffer("weight", weight.detach().to(torch.bfloat16).contiguous())
+        self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x.to(torch.bfloat16), self.weight).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+
+def to_bf16(model: torch.nn.Module, variant: str) -> torch.nn.Module:
+    """`model` (modified in place) with its matrix products in bfloat16, as `variant` says."""
+    if variant not in VARIANTS:
+        raise BadInput(f"bfloat16 variant {variant!r}; choose from: {', '.join(VARIANTS)}.")
+    if variant == "model":
+        return model.to(torch.bfloat16)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(module, name, BF16Linear(child.weight, child.bias))
+            elif isinstance(child, Conv1D):  # GPT-2's linear layers store W^T
+                setattr(module, name, BF16Linear(child.weight.t(), child.bias))
+    return model
+
+
+def end_ids(policy: Policy, model_dir: str) -> list[int]:
+    """The ids transformers stops at, refusing a generation_config whose other settings it would apply."""
+    generation = policy.model.generation_config if policy.model.generation_config is not None else GenerationConfig()
+    unmatched = {k: getattr(generation, k, None) for k, default in UNMATCHED_DEFAULTS.items()
+                 if getattr(generation, k, default) not in (default, None)}
+    if unmatched:
+        raise RuntimeFailure(f"{model_dir}'s generation_config sets {unmatched}, which transformers applies and the "
+                             f"bfloat16 engine would not; use the generation engine 'transformers'.")
+    eos = generation.eos_token_id if generation.eos_token_id is not None else policy.tokenizer.eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos)
+
+
+def inverse_cdf(probs: torch.Tensor, generator: torch.Generator, block: int = 256) -> torch.Tensor:
+    """One token per row of `probs`, token i with probability probs[i] (never one of probability 0), from one
+    uniform per row: the block of `block` tokens by the CDF of the blocks' sums, then the token by the CDF inside
+    the block (sums and CDFs in float64). A full-row cumsum costs 4x more on the CPU."""
+    rows, size = probs.shape
+    pad = -size % block
+    blocks = F.pad(probs, (0, pad)).view(rows, -1, block) if pad else probs.view(rows, -1, block)
+    cdf = blocks.sum(-1, dtype=torch.float64).cumsum(-1)
+    u = torch.rand((rows, 1), generator=generator, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
+    k = torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[1] - 1)  # cdf[k-1] <= u < cdf[k]
+    before = torch.where(k > 0, cdf.gather(1, (k - 1).clamp(min=0)), torch.zeros_like(u))
+    inner = blocks[torch.arange(rows, device=probs.device), k[:, 0]].double().cumsum(-1)
+    j = torch.searchsorted(inner, u - before, right=True)
+    # Rounding may put u - before at the block's total: then the block's last token of positive probability.
+    last = (inner < inner[:, -1:]).sum(-1, keepdim=True)
+    return (k * block + torch.minimum(j, last)).squeeze(1)
+
+
+class LoopSampler:
+    """A loaded policy (any dtype) with `Policy.generate`'s signature; see the module docstring."""
+
+    def __init__(self, policy: Policy, model_dir: str):
+        self.policy, self.tokenizer = policy, policy.tokenizer
+        self.end = torch.tensor(end_ids(policy, model_dir), device=policy.device)
+
+    def _draw(self, logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator):
+        if temperature <= 0:
+            return logits.argmax(-1)
+        if temperature != 1.0:
+            logits = TemperatureLogitsWarper(temperature)(None, logits)
+        if top_p < 1.0:
+            logits = TopPLogitsWarper(top_p)(None, logits)
+        return inverse_cdf(torch.softmax(logits, -1), generator)
+
+    @torch.no_grad()
+    def _batch(self, rows: list[list[int]], n: int, max_new_tokens: int, temperature: float, top_p: float,
+               generator: torch.Generator) -> list[list[int]]:
+        model, pad = self.policy.model, self.tokenizer.pad_token_id
+        ids, mask = self.policy._left_pad(rows)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        cache = out.cache
+        if n > 1:
+            cache.batch_repeat_interleave(n)
+            mask = mask.repeat_interleave(n, 0)
+        logits = out.logits[:, -1].float().repeat_interleave(n, 0)
+        done = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+        tokens = []
+        for step in range(max_new_tokens):
+            token = torch.where(done, pad, self._draw(logits, temperature, top_p, generator))
+            tokens.append(token)
+            done |= torch.isin(token, self.end)
+            if step == max_new_tokens - 1 or bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                        cache=cache, use_cache=True)
+            logits = out.logits[:, -1].float()
+        return torch.stack(tokens, 1).tolist()
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
+                 seed: int = 0, n: int = 1, batch_size: int = 16, progress=None) -> list[str]:
+        """As `Policy.generate`: n completions per prompt, prompt-major; the same call gives the same texts."""
+        if not prompts:
+            return []
+        ids = self.policy._prompt_ids(list(prompts))
+        if any(not row for row in ids):
+            raise BadInput("an empty prompt gives the model nothing to condition on; give non-empty prompts.")
+        order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+        per_batch = max(1, batch_size // n)
+        out: list[list[str]] = [[] for _ in prompts]
+        for b, start in enumerate(range(0, len(order), per_batch)):
+            rows = order[start : start + per_batch]
+            generator = torch.Generator(self.policy.device).manual_seed(seed * 1_000_003 + b)
+            new = self._batch([ids[i] for i in rows], n, max_new_tokens, temperature, top_p, generator)
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            for j, i in enumerate(rows):
+                out[i] = texts[j * n : (j + 1) * n]
+            if progress is not None:
+                progress(len(rows))
+        return [text for samples in out for text in samples]
