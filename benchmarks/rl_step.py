@@ -84,7 +84,7 @@ def step_timer(steps: list[dict]):
     from accelerate.optimizer import AcceleratedOptimizer
     from trl import RLOOTrainer
 
-    current: dict = defaultdict(float)
+    current: dict = defaultdict(float)  # part -> wall seconds; "cpu:" + part -> CPU seconds of this thread
     state = {"no_grad_calls": 0}
     originals = []
 
@@ -93,13 +93,14 @@ def step_timer(steps: list[dict]):
         originals.append((cls, name, original))
 
         def timed(*args, **kwargs):
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.thread_time()
             try:
                 return original(*args, **kwargs)
             finally:
                 key = part() if callable(part) else part
                 if key:
                     current[key] += time.perf_counter() - started
+                    current["cpu:" + key] += time.thread_time() - cpu
 
         setattr(cls, name, timed)
 
@@ -116,17 +117,20 @@ def step_timer(steps: list[dict]):
     wrap(RLOOTrainer, "_prepare_inputs", "_prepare")
     wrap(RLOOTrainer, "training_step", "_training_step")
     wrap(AcceleratedOptimizer, "step", "optimiser")
-    last_end = [time.perf_counter()]
+    last_end = [time.perf_counter(), time.thread_time()]
 
     def step_end(done: int, total: int) -> None:
-        now = time.perf_counter()
-        parts = dict(current)
-        parts["backward"] = parts.pop("_training_step", 0.0) - parts.pop("_prepare", 0.0) - parts.get("forward", 0.0)
-        row = {"step": done, "seconds": now - last_end[0], **{p: parts.get(p, 0.0) for p in PARTS if p != "other"}}
-        row["other"] = row["seconds"] - sum(row[p] for p in PARTS if p != "other")
+        now = (time.perf_counter(), time.thread_time())
+        row = {"step": done}
+        for prefix, total_seconds in (("", now[0] - last_end[0]), ("cpu:", now[1] - last_end[1])):
+            parts = {p: current.get(prefix + p, 0.0) for p in ("_training_step", "_prepare", *PARTS)}
+            parts["backward"] = parts["_training_step"] - parts["_prepare"] - parts["forward"]
+            row[prefix + "seconds"] = total_seconds
+            row.update({prefix + p: parts[p] for p in PARTS if p != "other"})
+            row[prefix + "other"] = total_seconds - sum(parts[p] for p in PARTS if p != "other")
         steps.append(row)
         current.clear()
-        last_end[0] = now
+        last_end[:] = now
 
     try:
         yield step_end
@@ -184,16 +188,18 @@ def measure_steps(args, cache_root: Path) -> dict:
             print(f"repeat {repeat} {config:<8} step {med:.2f} s, peak {run['peak_rss_mb']} MB", flush=True)
     table = {}
     for config, done in runs.items():
-        per_run = {part: [statistics.median(s[part] for s in run["steps"]) for run in done]
-                   for part in ("seconds", *PARTS)}
+        per_run = {prefix + part: [statistics.median(s[prefix + part] for s in run["steps"]) for run in done]
+                   for part in ("seconds", *PARTS) for prefix in ("", "cpu:")}
         table[config] = {"label": CONFIGS[config][1], "recipe_settings": CONFIGS[config][0],
                          **{part: spread(values, 3) for part, values in per_run.items()},
                          "peak_rss_mb": spread([run["peak_rss_mb"] for run in done], 0)}
     reference = args.configs[0]
     for config in args.configs:
-        ratios = [statistics.median(s["seconds"] for s in a["steps"]) /
-                  statistics.median(s["seconds"] for s in b["steps"]) for a, b in zip(runs[reference], runs[config])]
-        table[config]["speedup_vs_" + reference] = spread(ratios, 2)
+        for prefix in ("", "cpu:"):
+            ratios = [statistics.median(s[prefix + "seconds"] for s in a["steps"]) /
+                      statistics.median(s[prefix + "seconds"] for s in b["steps"])
+                      for a, b in zip(runs[reference], runs[config])]
+            table[config][prefix + "speedup_vs_" + reference] = spread(ratios, 2)
     return {"configs": table, "runs": runs, "reference": reference}
 
 
@@ -249,14 +255,19 @@ def markdown(result: dict) -> str:
                   f"steps in its own process, {a['repeats']} repeats, configurations interleaved in a rotated "
                   f"order. Seconds per step: median [min–max] over repeats of each run's median step; speed-up: "
                   f"median [min–max] of per-repeat ratios to `{ref}`. Peak memory: the run's whole process "
-                  f"(maximum resident set). {host_line(result['host'])}", "",
-                  "| configuration | step (s) | × " + ref + " | " + " | ".join(PARTS) + " | peak RSS (MB) |",
-                  "|---" * (len(PARTS) + 4) + "|"]
-        for name, row in s["configs"].items():
-            cells = [fmt(row[p], 2) for p in PARTS]
-            lines.append(f"| {row['label']} | {fmt(row['seconds'], 2)} | {fmt(row['speedup_vs_' + ref], 2)}× | "
-                         + " | ".join(cells) + f" | {row['peak_rss_mb']['median']:.0f} |")
-        lines.append("")
+                  f"(maximum resident set). Wall seconds count the time spent waiting for a core on this shared "
+                  f"machine; CPU seconds (the training thread's `time.thread_time`) count the work. "
+                  f"{host_line(result['host'])}", ""]
+        for prefix, title in (("cpu:", "CPU seconds per step"), ("", "Wall seconds per step")):
+            lines += [f"**{title}**", "",
+                      "| configuration | step | × " + ref + " | " + " | ".join(PARTS) + " | peak RSS (MB) |",
+                      "|---" * (len(PARTS) + 4) + "|"]
+            for name, row in s["configs"].items():
+                cells = [fmt(row[prefix + p], 2) for p in PARTS]
+                lines.append(f"| {row['label']} | {fmt(row[prefix + 'seconds'], 2)} | "
+                             f"{fmt(row[prefix + 'speedup_vs_' + ref], 2)}× | " + " | ".join(cells)
+                             + f" | {row['peak_rss_mb']['median']:.0f} |")
+            lines.append("")
     if "detox" in result:
         d = result["detox"]
         lines += ["## Still detoxified?", "",

@@ -94,8 +94,11 @@ def test_the_settings_reach_trl_and_a_bf16_run_saves_an_fp32_model(tiny_lm_dir, 
         return generate(self, *args, **kwargs)
 
     def spy_loss(self, model, inputs, *args, **kwargs):
-        seen["loss"].append((self.args.bf16, self.accelerator.mixed_precision,
-                             self.accelerator.unwrap_model(model).is_activation_checkpointing))
+        unwrapped = self.accelerator.unwrap_model(model)
+        frozen = {p.dtype for name, p in unwrapped.named_parameters() if name.endswith("base_layer.weight")}
+        adapters = {p.dtype for p in unwrapped.parameters() if p.requires_grad}
+        seen["loss"].append((self.args.bf16, self.accelerator.mixed_precision, unwrapped.is_activation_checkpointing,
+                             frozen, adapters))
         return compute_loss(self, model, inputs, *args, **kwargs)
 
     monkeypatch.setattr(RLOOTrainer, "_generate_single_turn", spy_generate)
@@ -111,12 +114,19 @@ def test_the_settings_reach_trl_and_a_bf16_run_saves_an_fp32_model(tiny_lm_dir, 
                                recipe)
     bf16 = precision == "bf16"
     assert seen["generation_autocast"] == [bf16, bf16]
-    assert seen["loss"] == [(bf16, "bf16" if bf16 else "no", checkpointing)] * 2
+    frozen = {torch.bfloat16 if bf16 else torch.float32}  # LoRA's frozen layers: bf16 copies under bf16
+    assert seen["loss"] == [(bf16, "bf16" if bf16 else "no", checkpointing, frozen, {torch.float32})] * 2
     assert len(logged) == 2 and all(np.isfinite(row["loss"]) and np.isfinite(row["kl"]) for row in logged)
     trained = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     base = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
     params = dict(trained.named_parameters())
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in params.values())
-    assert any(not torch.equal(p, params[name]) for name, p in base.named_parameters())  # the merged LoRA moved it
+    moved = [name for name, p in base.named_parameters() if not torch.equal(p, params[name])]
+    assert moved and all(".attn." in name or ".mlp." in name for name in moved)  # the merged adapters, only there
+    # the adapters were merged into π₀'s own fp32 weights: each update is the rank-4 product of the LoRA factors (a
+    # merge into bf16 copies would add a full-rank rounding error)
+    ranks = {int(torch.linalg.matrix_rank(params[name] - p, rtol=1e-3)) for name, p in base.named_parameters()
+             if name in moved and p.dim() == 2}
+    assert ranks and max(ranks) <= 4
     written = json.loads((tmp_path / "recipe.json").read_text())
     assert ("precision" in written) == bf16 and ("gradient_checkpointing" in written) == (not checkpointing)

@@ -15,7 +15,9 @@ With β = 0 TRL logs no KL; measure it on held-out prompts instead (the detox ta
 reference log-probs with the adapters disabled, so no second model is loaded.
 
 Two opt-in speed settings (benchmarks/rl_step.py measures them): `precision="bf16"` runs the rollouts and every
-forward/backward under bf16 autocast (AMX on these CPUs; weights, optimiser state and the saved model stay fp32), and
+forward/backward under bf16 autocast (AMX on these CPUs) and, with LoRA, holds the frozen linear weights in bf16 while
+training (so π₀'s log-probs are those of its bf16 copy); adapters, optimiser state and the saved model (the adapters
+merged into π₀'s fp32 weights) stay fp32; and
 `gradient_checkpointing=False` keeps activations instead of recomputing them in the backward pass (TRL defaults to
 recomputing). Both join an artifact key only when set (`recipe_key`), so keys made before they existed stay valid.
 """
@@ -196,11 +198,22 @@ def train_policy(out: Path, base_dir: str, reward_fn, prompts: list[str], recipe
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our curve records the logs; keep stdout for the caller's progress
+    frozen_bf16 = recipe.precision == "bf16" and peft_config is not None
+    if frozen_bf16:  # autocast would cast every frozen weight again at every forward (it caches trainable ones only)
+        for module in trainer.model.modules():
+            weight = getattr(getattr(module, "base_layer", None), "weight", None)  # LoRA's wrapped layers
+            if weight is not None and not weight.requires_grad:
+                weight.data = weight.data.to(torch.bfloat16)
     started = time.time()
     trainer.train()
     seconds = time.time() - started
 
     trained = trainer.model
+    if frozen_bf16:  # merge the adapters into π₀'s own fp32 weights, not into their bf16 copies
+        fp32 = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).state_dict()
+        for name, param in trained.get_base_model().named_parameters():
+            if param.dtype == torch.bfloat16:
+                param.data = fp32[name.replace(".base_layer", "")]
     if peft_config is not None:
         trained = trained.merge_and_unload()
     trained.save_pretrained(out / "model")
