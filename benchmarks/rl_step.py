@@ -200,7 +200,8 @@ def measure_steps(args, cache_root: Path) -> dict:
                       statistics.median(s[prefix + "seconds"] for s in b["steps"])
                       for a, b in zip(runs[reference], runs[config])]
             table[config][prefix + "speedup_vs_" + reference] = spread(ratios, 2)
-    return {"configs": table, "runs": runs, "reference": reference}
+    return {"configs": table, "runs": runs, "reference": reference,
+            "args": {k: getattr(args, k) for k in ("profile", "repeats", "warmup", "steps")}}
 
 
 def detox_check(args, cache_root: Path) -> dict:
@@ -246,9 +247,9 @@ def detox_check(args, cache_root: Path) -> dict:
 
 def markdown(result: dict) -> str:
     lines = ["# RLOO step: where the time goes, before and after", ""]
-    a = result["args"]
     if "steps" in result:
         s = result["steps"]
+        a = s.get("args", result["args"])  # results written before steps kept their own arguments
         ref = s["reference"]
         lines += [f"The detox `{a['profile']}` profile's expert recipe ({result['recipe_text']}) on the task's "
                   f"training prompts with R* as reward; each run {a['warmup']} warm-up + {a['steps']} measured "
@@ -257,7 +258,7 @@ def markdown(result: dict) -> str:
                   f"median [min–max] of per-repeat ratios to `{ref}`. Peak memory: the run's whole process "
                   f"(maximum resident set). Wall seconds count the time spent waiting for a core on this shared "
                   f"machine; CPU seconds (the training thread's `time.thread_time`) count the work. "
-                  f"{host_line(result['host'])}", ""]
+                  f"{host_line(result.get('steps_host', result['host']))}", ""]
         for prefix, title in (("cpu:", "CPU seconds per step"), ("", "Wall seconds per step")):
             lines += [f"**{title}**", "",
                       "| configuration | step | × " + ref + " | " + " | ".join(PARTS) + " | peak RSS (MB) |",
@@ -288,7 +289,8 @@ def markdown(result: dict) -> str:
             lines.append(f"| π_E {name} ({CONFIGS[name][1]}) | {e['seconds_per_step']} | " + " | ".join(cells)
                          + f" | {sep} | {kl} |")
         lines.append("")
-    lines.append("Produced by `benchmarks/rl_step.py`.")
+    lines.append(f"Detox check: {host_line(result['host'])} Produced by `benchmarks/rl_step.py`."
+                 if "detox" in result else "Produced by `benchmarks/rl_step.py`.")
     return "\n".join(lines) + "\n"
 
 
@@ -331,8 +333,13 @@ def main(argv: list[str] | None = None) -> int:
                              f"{recipe['generations']} samples × {recipe['max_completion_length']} tokens, LoRA r "
                              f"{recipe['lora_r']}, β {recipe['beta']}")
     phases = args.phases.split(",")
+    previous = args.out.with_suffix(".json")
+    if previous.exists():  # what an earlier invocation measured for the other phase stays
+        kept = json.loads(previous.read_text())
+        result.update({k: kept[k] for k in ("steps", "detox", "steps_host") if k in kept and k not in phases})
     if "steps" in phases:
         result["steps"] = measure_steps(args, cache_root)
+        result["steps_host"] = host("cpu", load_before)
     if "detox" in phases:
         result["detox"] = detox_check(args, cache_root)
     result["host"] = host("cpu", load_before)
