@@ -1,20 +1,27 @@
 """Generation engines: what draws the completions of a policy. An engine only samples; every log-probability that
 enters a metric is still computed by the reference model (bench/lm/policies.py `Policy.logprobs`).
 
-    transformers      the reference: `Policy.generate`, batched left-padded `transformers.generate` in fp32
-    ctranslate2       the same HF directory converted once by CTranslate2 (cached artifact `ct2_model`, keyed by
-                      the directory's content hash and the quantisation), float32, sampled by `ctranslate2.Generator`
-    ctranslate2-int8  the same with int8 weights and activations: about 2x transformers' speed, but a different
-                      model: on SmolLM2 no greedy completion matches the reference's and its samples' reference
-                      log-probs differ (Mann-Whitney p = 0.006; benchmarks/results/generation.md)
-    auto              the fastest engine that samples the reference's distribution; measured on 2 CPU cores that is
-                      transformers (ctranslate2 float32: 1.16x at batch 16, 0.85x at batch 64), so `auto` resolves
-                      to transformers until an engine is measured faster at the batch sizes the tasks use
+    transformers       the reference: `Policy.generate`, batched left-padded `transformers.generate` in fp32
+    transformers-bf16  the reference model with its linear layers in bfloat16 (residual stream, norms and KV cache
+                       float32; variant `model` casts everything), sampled by bench/lm/bf16.py's decoding loop. On a
+                       CPU with AMX, 2.4x transformers at batch 64 (1.7x at 16); reference log-probs of its samples
+                       match (Mann-Whitney p = 0.73), greedy completions differ only after near-ties (< 0.15 nats)
+    ctranslate2        the same HF directory converted once by CTranslate2 (cached artifact `ct2_model`, keyed by
+                       the directory's content hash and the quantisation), float32, sampled by `ctranslate2.Generator`:
+                       1.16x transformers at batch 16, 0.85x at 64
+    ctranslate2-int8   the same with int8 weights and activations: 2-3x transformers' speed, but a different model:
+                       on SmolLM2 no greedy completion matches the reference's and its samples' reference log-probs
+                       differ (Mann-Whitney p = 0.006 and 0.018 in two runs)
+    auto               the fastest engine that samples the reference's distribution: transformers-bf16 on a CPU that
+                       reports AMX or AVX512-BF16 (`fast_bf16_hardware`), transformers elsewhere and on CUDA, where
+                       nothing else was measured
 
-Both sample the same distribution: the prompt ids are the same (`prompt_ids`), sampling is plain temperature
+All figures: SmolLM2-135M on 2 shared CPU cores, benchmarks/results/generation.md (benchmarks/generation.py).
+
+All sample the same distribution: the prompt ids are the same (`prompt_ids`), sampling is plain temperature
 sampling over the whole vocabulary (top-k off) with optional nucleus top-p, generation stops at the model's EOS ids,
 and the completion is the decoded new tokens (special tokens skipped). tests/test_engines.py checks greedy
-agreement and, under sampling, the reference log-probs of both engines' samples. Random streams differ between
+agreement and, under sampling, the reference log-probs of the engines' samples. Random streams differ between
 engines, so the same seed gives different (equally distributed) samples; each engine is deterministic by itself.
 
 `Engine.load(model_dir)` gives a sampler with `Policy.generate`'s signature; `Engine.sample` is load + generate.
