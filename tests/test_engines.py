@@ -195,7 +195,7 @@ def test_detox_samples_stage_keys_the_engine_only_when_not_transformers(trained)
     model_dir, _, cache = trained
     splits = {"train": PROMPTS[:6], "val": PROMPTS[6:9], "test": PROMPTS[9:12]}
     built = {}
-    for engine in ("transformers", "ctranslate2"):
+    for engine in ("transformers", "ctranslate2", "transformers-bf16"):
         cfg = DetoxConfig(gen_engine=engine, completions_per_prompt=2, max_new_tokens=6)  # default batch size
         build = stages.Build(cfg, cache, Stages(lambda *args: None))
         build.splits, build.base, build.expert = splits, (model_dir, {"tiny": 0}), (model_dir, {"tiny": 1})
@@ -210,6 +210,9 @@ def test_detox_samples_stage_keys_the_engine_only_when_not_transformers(trained)
     assert built["ctranslate2"].key != built["transformers"].key
     assert fast["decoding"]["engine"]["engine"] == "ctranslate2"
     assert all(len(fast["splits"][s][role]) == 2 * len(splits[s]) for s in splits for role in ("base", "expert"))
+    assert len({built[engine].key for engine in built}) == 3
+    bf16 = built["transformers-bf16"].read_json("samples.json")
+    assert bf16["decoding"]["engine"]["variant"] == "linear" and len(bf16["splits"]["val"]["expert"]) == 6
 
 
 # ---------------------------------------------------------------------------------------------- transformers-bf16
