@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a setting: METHOD.KEY=V, task.KEY=V, or KEY=V for every method that has KEY")
     run.add_argument("--address", default=None, help="join an existing Ray cluster (e.g. auto) instead of local Ray")
-    run.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (fractions allowed)")
+    run.add_argument("--gpus-per-trial", type=float, default=None,
+                     help="GPUs per trial (fractions allowed); default: this machine's GPUs shared by its "
+                          "trials, 0 without")
     run.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     run.add_argument("--rerlhf", default=None, metavar="MODE",
                      help="re-align π₀ with each recovered reward: rloo | grpo | bon (best-of-n only) | off; default: "
@@ -83,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--runs-dir", type=Path, default=Path("runs"))
     sweep.add_argument("--tuned-dir", type=Path, default=Path("tuned"), help="where frozen configs are written")
     sweep.add_argument("--address", default=None, help="join an existing Ray cluster")
-    sweep.add_argument("--gpus-per-trial", type=float, default=0.0)
+    sweep.add_argument("--gpus-per-trial", type=float, default=None)
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     sweep.add_argument("-v", "--verbose", action="store_true",
                        help="show the libraries' own progress bars, warnings and info logs")
@@ -157,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     amb.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 in the identifiability grid")
     amb.add_argument("--runs-dir", type=Path, default=Path("runs"))
     amb.add_argument("--address", default=None, help="join an existing Ray cluster")
-    amb.add_argument("--gpus-per-trial", type=float, default=0.0)
+    amb.add_argument("--gpus-per-trial", type=float, default=None)
     return parser
 
 

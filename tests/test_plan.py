@@ -137,3 +137,17 @@ def test_quiet_libraries_silences_third_party_bars_and_future_warnings_unless_ve
     assert proc.returncode == 0, proc.stderr
     assert ("it/s]" in proc.stderr) is verbose and ("FutureWarning" in proc.stderr) is verbose
     assert "a real error" in proc.stderr  # levels, not hiding errors
+
+
+def test_gpu_share_defaults_to_the_machines_gpus_shared_by_its_trials(monkeypatch):
+    """Ray hides the GPUs from a trial that asks for none: unset, a GPU machine's trials share its GPUs; a CPU
+    machine or a cluster (whose GPUs only the user knows) asks for none; an explicit share is kept."""
+    monkeypatch.setenv("IRL_BENCH_CPUS", "8")
+    monkeypatch.setattr(preview.torch.cuda, "device_count", lambda: 2)
+    assert preview.gpu_share(None, None) == 0.25
+    assert preview.gpu_share(0.0, None) == 0.0 and preview.gpu_share(0.5, None) == 0.5
+    assert preview.gpu_share(None, "auto") == 0.0
+    monkeypatch.setenv("IRL_BENCH_CPUS", "1")
+    assert preview.gpu_share(None, None) == 1.0  # never more than one GPU per trial
+    monkeypatch.setattr(preview.torch.cuda, "device_count", lambda: 0)
+    assert preview.gpu_share(None, None) == 0.0

@@ -46,7 +46,7 @@ class AmbiguityRequest:
     seeds: int = 3
     runs_dir: Path = Path("runs")
     address: str | None = None
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | None = None  # None: bench/execution/plan.py `gpu_share`
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import torch
 from ray import tune
 
 from bench.errors import BadInput
-from bench.execution.plan import check_resources  # noqa: F401 (validation lives with the plan; imported from here)
+from bench.execution.plan import check_resources, gpu_share  # noqa: F401 (validation lives with the plan)
 from bench.storage.artifacts import content_hash
 from bench.storage.results import record_failures
 
@@ -135,7 +135,7 @@ def tracker_callbacks(tracker: str | None, results_dir: Path, experiment: str) -
     return []
 
 
-def execute(specs: list, trial_fn: TrialFn, results_dir: Path, *, address=None, gpus_per_trial=0.0,
+def execute(specs: list, trial_fn: TrialFn, results_dir: Path, *, address=None, gpus_per_trial=None,
             cpus_per_trial=1, progress: Callable[[], None] | None = None, tracker: str | None = None) -> None:
     """Run each spec (with `trial_id` and `to_json`) as a Ray Tune trial of `trial_fn`; each writes its own result
     file `<results_dir>/<trial_id>.json`. A trial whose worker died is started once more; one that still fails
@@ -143,6 +143,7 @@ def execute(specs: list, trial_fn: TrialFn, results_dir: Path, *, address=None, 
     A trial that never started (the run was interrupted) gets no file."""
     if not specs:
         return
+    gpus_per_trial = gpu_share(gpus_per_trial, address)
     init_ray(address, gpus_per_trial)
     results_dir = results_dir.resolve()  # Tune runs each trial in its own working directory
     experiment = f"{results_dir.parent.parent.name}-{results_dir.parent.name}"  # <task>-<group>

@@ -70,8 +70,22 @@ class Preview:
         return sum(build) + trials / (self.cpus or 1)
 
 
-def check_resources(address: str | None, gpus_per_trial: float) -> None:
+def gpu_share(requested: float | None, address: str | None) -> float:
+    """GPUs per trial: as asked, or, when not asked, this machine's GPUs shared by as many trials as it runs at once
+    (Ray hides the GPUs from a trial that asks for none, so a default of 0 would leave a GPU machine's GPUs idle);
+    0 on a machine without one and on a cluster (`--address`), whose GPUs only the user knows."""
+    if requested is not None:
+        return requested
+    gpus = 0 if address else torch.cuda.device_count()
+    cpus = int(os.environ.get("IRL_BENCH_CPUS") or os.cpu_count() or 1)
+    return min(1.0, gpus / cpus) if gpus else 0.0
+
+
+def check_resources(address: str | None, gpus_per_trial: float | None) -> None:
     """Refuse, before anything is written, a cluster that cannot be reached or GPUs this machine does not have."""
+    if gpus_per_trial is not None and gpus_per_trial < 0:
+        raise BadInput(f"--gpus-per-trial {gpus_per_trial:g} is negative; use 0 (CPU) or a positive share.")
+    gpus_per_trial = gpu_share(gpus_per_trial, address)
     if address and address != "auto" and not address.startswith("ray://"):
         host, _, port = address.rpartition(":")
         try:

@@ -33,7 +33,7 @@ class RunRequest:
     leaderboards_dir: Path | None = None  # None: <runs_dir>/leaderboards (see reporting/document.py output_of)
     assignments: list[str] = field(default_factory=list)
     address: str | None = None
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | None = None  # None: bench/execution/plan.py `gpu_share`
     bootstrap: int = DEFAULT_BOOTSTRAP
     tuned_dir: Path = Path("tuned")
     rerlhf: str | None = None  # None: the task's default (its `realignment.resolve_mode`)
@@ -99,8 +99,6 @@ def plan(request: RunRequest) -> RunPlan:
     method_names = registry.resolve_methods(request.methods)
     if request.seeds < 1:
         raise BadInput(f"--seeds {request.seeds} is not a number of seeds; use --seeds 1 or more.")
-    if request.gpus_per_trial < 0:
-        raise BadInput(f"--gpus-per-trial {request.gpus_per_trial} is negative; use 0 (CPU) or a positive share.")
     if request.bootstrap < 100:
         raise BadInput(f"--bootstrap {request.bootstrap} is too few resamples for a 95% CI; use at least 100.")
     check_resources(request.address, request.gpus_per_trial)

@@ -33,7 +33,7 @@ from bench import config as configs
 from bench import provenance, registry
 from bench.data import TaskRef
 from bench.errors import BadInput, RuntimeFailure
-from bench.execution.executor import TrialDone, check_resources, init_ray
+from bench.execution.executor import TrialDone, check_resources, gpu_share, init_ray
 from bench.execution.fit_trial import TrialSpec, run_trial
 from bench.execution.run import check_writable
 from bench.progress import progress_bar
@@ -58,7 +58,7 @@ class SweepRequest:
     runs_dir: Path = Path("runs")
     tuned_dir: Path = Path("tuned")
     address: str | None = None
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | None = None  # None: bench/execution/plan.py `gpu_share`
     resume: bool = False
     search_seed: int = 0
     fixed: dict = field(default_factory=dict)  # settings held fixed (e.g. {"head": "linear"}); drawn, then overridden
@@ -142,8 +142,6 @@ def validate(req: SweepRequest) -> tuple[object, list[str]]:
         raise BadInput(f"--scheduler {req.scheduler} is unknown; use asha or fifo.")
     if req.metric not in METRICS:
         raise BadInput(f"--metric {req.metric} is not a validation-only objective; use one of: {', '.join(METRICS)}.")
-    if req.gpus_per_trial < 0:
-        raise BadInput(f"--gpus-per-trial {req.gpus_per_trial} is negative; use 0 (CPU) or a positive share.")
     task.config(req.profile)  # unknown profile -> BadInput
     check_resources(req.address, req.gpus_per_trial)
     return task, methods
@@ -193,7 +191,8 @@ def sweep(req: SweepRequest, console) -> dict[str, dict]:
 
 
 def _run_tune(items, sweep_dir: Path, req: SweepRequest, console, name: str) -> None:
-    init_ray(req.address, req.gpus_per_trial)
+    gpus = gpu_share(req.gpus_per_trial, req.address)
+    init_ray(req.address, gpus)
     scheduler = None
     if req.scheduler == "asha" and req.seeds_per_trial > 1:
         scheduler = tune.schedulers.ASHAScheduler(
@@ -201,7 +200,7 @@ def _run_tune(items, sweep_dir: Path, req: SweepRequest, console, name: str) -> 
         )
     with progress_bar("configurations", len(items), console) as advance:
         tuner = tune.Tuner(
-            tune.with_resources(_sweep_trainable, {"cpu": 1, "gpu": req.gpus_per_trial}),
+            tune.with_resources(_sweep_trainable, {"cpu": 1, "gpu": gpus}),
             param_space={"item": tune.grid_search(items)},
             tune_config=tune.TuneConfig(metric=req.metric, mode="max", scheduler=scheduler, reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(sweep_dir / "ray"), verbose=0,
@@ -239,7 +238,7 @@ def freeze(method, task_name, req: SweepRequest, data, items, fits_dir: Path, wa
             "failed": sum(r["status"] == "failed" for r in records),
             "fits": len(fits),
             "cpu_hours": round(cpu_seconds / 3600, 5),
-            "gpu_hours": round(cpu_seconds * req.gpus_per_trial / 3600, 5),
+            "gpu_hours": round(cpu_seconds * gpu_share(req.gpus_per_trial, req.address) / 3600, 5),
         },
         "demos_key": data.demos_key,
         "git_commit": provenance.git_commit(),

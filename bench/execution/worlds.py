@@ -48,7 +48,7 @@ class WorldsRequest:
     leaderboards_dir: Path | None = None  # None: <runs_dir>/leaderboards
     bootstrap: int = 1000
     address: str | None = None  # local Ray (the executor's settings; bench/execution/run.py _run_pending)
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | None = None  # None: bench/execution/plan.py `gpu_share`
 
 
 def world_names(task) -> list[str]:

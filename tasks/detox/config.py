@@ -40,9 +40,9 @@ class DetoxConfig:
     gen_batch_size: int = param(16, low=1, high=1024, tune=False, help="sequences per generation batch")
     gen_engine: str = param("transformers", choices=list(ENGINES), tune=False,
                             help="what samples the demos and the judged samples (bench/lm/engines.py); 'auto' = the "
-                                 "fastest engine that samples the reference's distribution (today transformers); "
-                                 "'ctranslate2-int8' is ~2x faster but approximate; enters artifact keys only when "
-                                 "not 'transformers'")
+                                 "fastest engine measured to sample the reference's distribution (transformers-bf16 on "
+                                 "CPUs with AMX/AVX512-BF16, else transformers); 'ctranslate2-int8' is faster but "
+                                 "approximate; enters artifact keys only when not 'transformers'")
     rl_algorithm: str = param("rloo", choices=["rloo", "grpo"], tune=False, help="TRL trainer of the expert")
     rl_steps: int = param(24, low=1, high=100000, tune=False, help="expert RLHF optimiser steps")
     rl_lr: float = param(1e-3, low=1e-8, high=1.0, log=True, tune=False, help="expert RLHF learning rate")
