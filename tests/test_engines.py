@@ -25,7 +25,7 @@ from scipy import stats
 
 from bench.errors import BadInput
 from bench.lm import outcomes
-from bench.lm.bf16 import LoopSampler, fast_bf16_hardware, inverse_cdf
+from bench.lm.bf16 import CastMemo, LoopSampler, PreallocatedLayer, fast_bf16_hardware, inverse_cdf, preallocate
 from bench.lm.engines import (
     BF16Engine,
     CTranslate2Engine,
@@ -286,3 +286,50 @@ def test_bf16_samples_have_the_reference_distribution_of_reference_logprobs(trai
     colder = bf16.generate(PROMPTS, max_new_tokens=TOKENS, seed=1, n=N, batch_size=64, temperature=0.9,
                            top_p=top_p)
     assert not same_distribution(reference, reference_logprobs(policy, colder))[0]
+
+
+def test_preallocated_cache_gives_exactly_the_concatenating_caches_logits(trained):
+    """Prefill 5 prompts, repeat each prompt's cache 3 times, decode 6 steps in float32 with transformers' growing
+    (concatenating) cache and with `preallocate`'s buffers: the logits are identical at every step, every layer
+    was swapped, and the sampler gives the same samples either way."""
+    model_dir, policy, _ = trained
+    ids, mask = policy._left_pad(policy._prompt_ids(PROMPTS[:5]))
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits, caches = [], []
+    with torch.no_grad():
+        for swap in (False, True):
+            out = policy.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+            cache, rows = out.cache, mask.repeat_interleave(3, 0)
+            cache.batch_repeat_interleave(3)
+            if swap:
+                preallocate(cache, 6)
+            token, steps = out.logits[:, -1].argmax(-1).repeat_interleave(3, 0), []
+            for step in range(6):
+                rows = torch.cat([rows, torch.ones_like(rows[:, :1])], 1)
+                step_logits = policy.model(input_ids=(token + step)[:, None], attention_mask=rows,
+                                           position_ids=rows.sum(-1, keepdim=True) - 1, cache=cache,
+                                           use_cache=True).logits[:, -1]
+                steps.append(step_logits)
+                token = step_logits.argmax(-1)
+            logits.append(torch.stack(steps))
+            caches.append(cache)
+    assert all(isinstance(layer, PreallocatedLayer) for layer in caches[1].layers)
+    assert caches[1].get_seq_length() == caches[0].get_seq_length() == ids.shape[1] + 6
+    assert torch.equal(logits[0], logits[1])
+    with pytest.raises(Exception, match="preallocated KV cache holds"):
+        caches[1].layers[0].update(*(2 * [caches[1].layers[0].keys[..., :1, :]]))
+    grown, allocated = (LoopSampler(policy, model_dir, preallocate=flag) for flag in (False, True))
+    assert grown.generate(PROMPTS, max_new_tokens=8, seed=3, n=4, batch_size=16) == \
+        allocated.generate(PROMPTS, max_new_tokens=8, seed=3, n=4, batch_size=16)
+
+
+def test_cast_memo_reuses_a_cast_only_for_the_same_unmodified_tensor():
+    memo, x = CastMemo(), torch.randn(4, 8)
+    first = memo.bf16(x)
+    assert memo.bf16(x) is first and torch.equal(first, x.to(torch.bfloat16))
+    assert memo.bf16(x.clone()) is not first  # another tensor object
+    x.add_(1.0)  # same object, modified in place
+    assert torch.equal(memo.bf16(x), x.to(torch.bfloat16))
+    with torch.inference_mode():
+        y = torch.randn(4, 8)
+        assert torch.equal(memo.bf16(y), y.to(torch.bfloat16))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
+from transformers.cache_utils import DynamicLayer
 from transformers.generation import TemperatureLogitsWarper, TopPLogitsWarper
 from transformers.pytorch_utils import Conv1D
 
@@ -43,17 +44,36 @@ def fast_bf16_hardware() -> bool:
     return bool(flags.get("amx_bf16") or flags.get("avx512_bf16"))
 
 
+class CastMemo:
+    """The bfloat16 copy of the last input cast, shared by a model's `BF16Linear`s: sibling projections of one input
+    (attention's q, k, v; the MLP's gate and up) cast it once. Reused only for the very tensor object, unmodified
+    since (same version counter)."""
+
+    def __init__(self):
+        self.source: torch.Tensor | None = None
+        self.version = -1
+        self.cast: torch.Tensor | None = None
+
+    def bf16(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_inference():  # inference tensors keep no version counter: no reuse
+            return x.to(torch.bfloat16)
+        if x is not self.source or x._version != self.version:
+            self.source, self.version, self.cast = x, x._version, x.to(torch.bfloat16)
+        return self.cast
+
+
 class BF16Linear(torch.nn.Module):
     """y = x W^T (+ b): the product in bfloat16 (accumulated in float32 by oneDNN/cuBLAS), returned in x's dtype;
-    the bias is added in that dtype."""
+    the bias is added in that dtype. The input's bfloat16 copy comes from `memo`, shared with sibling layers."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, memo: CastMemo | None = None):
         super().__init__()
         self.register_buffer("weight", weight.detach().to(torch.bfloat16).contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
+        self.memo = memo if memo is not None else CastMemo()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x.to(torch.bfloat16), self.weight).to(x.dtype)
+        y = F.linear(self.memo.bf16(x), self.weight).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
 
@@ -63,13 +83,53 @@ def to_bf16(model: torch.nn.Module, variant: str) -> torch.nn.Module:
         raise BadInput(f"bfloat16 variant {variant!r}; choose from: {', '.join(VARIANTS)}.")
     if variant == "model":
         return model.to(torch.bfloat16)
+    memo = CastMemo()
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear):
-                setattr(module, name, BF16Linear(child.weight, child.bias))
+                setattr(module, name, BF16Linear(child.weight, child.bias, memo))
             elif isinstance(child, Conv1D):  # GPT-2's linear layers store W^T
-                setattr(module, name, BF16Linear(child.weight.t(), child.bias))
+                setattr(module, name, BF16Linear(child.weight.t(), child.bias, memo))
     return model
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values live in buffers sized for the whole generation: `update` writes the
+    new positions in place and returns views of the filled part, the same values the concatenating layer returns
+    (it re-copies the whole cache every step: ~18% of a bfloat16 decoding step on SmolLM2 at batch 64)."""
+
+    def __init__(self, layer: DynamicLayer, capacity: int):
+        super().__init__()
+        keys, values = layer.keys, layer.values
+        self.length = keys.shape[-2]
+        self.key_buffer = keys.new_empty((*keys.shape[:-2], capacity, keys.shape[-1]))
+        self.value_buffer = values.new_empty((*values.shape[:-2], capacity, values.shape[-1]))
+        self.key_buffer[..., : self.length, :] = keys
+        self.value_buffer[..., : self.length, :] = values
+        self.keys, self.values = keys, values
+        self.device, self.is_initialized = keys.device, True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        if end > self.key_buffer.shape[-2]:
+            raise RuntimeFailure(f"the preallocated KV cache holds {self.key_buffer.shape[-2]} positions; "
+                                 f"{end} were asked for.")
+        self.key_buffer[..., self.length : end, :] = key_states
+        self.value_buffer[..., self.length : end, :] = value_states
+        self.length = end
+        self.keys, self.values = self.key_buffer[..., :end, :], self.value_buffer[..., :end, :]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+
+def preallocate(cache, extra: int) -> None:
+    """Swap each plain `DynamicLayer` of a filled cache for a `PreallocatedLayer` with room for `extra` more
+    positions (sliding-window and other layer kinds stay as they are)."""
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys.numel():
+            cache.layers[i] = PreallocatedLayer(layer, layer.keys.shape[-2] + extra)
 
 
 def end_ids(policy: Policy, model_dir: str) -> list[int]:
@@ -105,8 +165,9 @@ def inverse_cdf(probs: torch.Tensor, generator: torch.Generator, block: int = 25
 class LoopSampler:
     """A loaded policy (any dtype) with `Policy.generate`'s signature; see the module docstring."""
 
-    def __init__(self, policy: Policy, model_dir: str):
+    def __init__(self, policy: Policy, model_dir: str, preallocate: bool = True):
         self.policy, self.tokenizer = policy, policy.tokenizer
+        self.preallocate = preallocate
         self.end = torch.tensor(end_ids(policy, model_dir), device=policy.device)
 
     def _draw(self, logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator):
@@ -129,6 +190,8 @@ class LoopSampler:
         if n > 1:
             cache.batch_repeat_interleave(n)
             mask = mask.repeat_interleave(n, 0)
+        if self.preallocate:
+            preallocate(cache, max_new_tokens)
         logits = out.logits[:, -1].float().repeat_interleave(n, 0)
         done = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
         tokens = []
