@@ -12,7 +12,10 @@ with R* drifted to KL ≈ 52 nats where π_E stopped at ≈ 5.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +86,19 @@ class AffineNormalisedReward(BatchNormalisedReward):
 NORMALISATIONS = ("batch", "affine")
 
 
+def release_memory() -> None:
+    """Give back what finished work left behind: collect reference cycles (TRL's trainer, its accelerator, optimiser
+    and callbacks hold each other, so the trained model, its reference copy and the reward stay alive until the
+    cyclic collector runs) and return glibc's freed heap pages to the OS (`malloc_trim(0)`; without it a freed
+    model's pages mostly stay in the process's resident set). Changes no number: it frees only unreachable objects."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (e.g. musl): the collection above is all we can do
+            pass
+
+
 @dataclass(frozen=True)
 class Realigned:
     """A re-aligned policy: the artifact (model/ is a plain HF directory, loadable by bench.lm.policies) and its
@@ -130,4 +146,5 @@ def realign(base_dir: str, base_identity: dict, reward, reward_identity: dict, p
             "reward_batches": len(normalised.batches), "recipe": json.loads((out / "recipe.json").read_text())})
 
     artifact = cache.get_or_build("realigned", inputs, build)
+    release_memory()  # the trainer, optimiser, reference copy and trained model, before the caller evaluates
     return Realigned(artifact, artifact.read_json("realign.json"), artifact.read_json("curve.json"))
