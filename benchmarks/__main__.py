@@ -67,6 +67,8 @@ PARTS = {p.name: p for p in [
          args=lambda out, quick: ["--runs-dir", tempfile.mkdtemp(prefix="worlds-bench-"), "--tuned-dir",
                                   tempfile.mkdtemp(prefix="worlds-tuned-"), "--out", str(out.with_suffix(".json"))]
          + (["--worlds", "clean", "--seeds", "1", "--tune-trials", "2", "--tune-seeds", "1"] if quick else [])),
+    Part("memory", "RSS of a re-alignment trial per stage (smoke) with and without the release steps; SmolLM2 stage "
+                   "peaks and the projected tree peak of two concurrent default trials", heavy=True),
     Part("generation_ortgenai", "onnxruntime-genai vs transformers batched generate", heavy=True,
          manual="it runs in its own virtual environment; see benchmarks/generation_ortgenai.py"),
 ]}

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -61,7 +62,10 @@ def census() -> dict:
     from transformers import PreTrainedModel, Trainer
 
     models, trainers, optimisers, storages = 0, 0, 0, {}
-    for obj in gc.get_objects():
+    with warnings.catch_warnings():  # isinstance on torch's deprecated module aliases warns
+        warnings.simplefilter("ignore")
+        objects = [o for o in gc.get_objects() if isinstance(o, (PreTrainedModel, Trainer, torch.optim.Optimizer))]
+    for obj in objects:
         if isinstance(obj, PreTrainedModel):
             models += 1
             for p in obj.parameters():
@@ -118,8 +122,9 @@ def child_trial(ref_path: str, method: str, release: bool) -> dict:
         payload = realign_trial.run_realign_trial(spec, Path(tmp) / "result.json")
     end = rss_mb()
     for kind, names in existing.items():
-        for name in set(os.listdir(cache_root / kind)) - names:
-            shutil.rmtree(cache_root / kind / name)
+        for name in set(os.listdir(cache_root / kind)) - names:  # the artifact and its lock file
+            path = cache_root / kind / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     return {"method": method, "release": release, "stages": stages, "rss_end_mb": round(end),
             "worker_peak_rss_mb": payload.get("worker_peak_rss_mb"), "status": payload.get("status"),
             "error": payload.get("error"), "numbers": numbers(payload)}

@@ -1,5 +1,5 @@
-"""A re-alignment trial releases what it no longer needs (bench/lm/realign.py `release_memory`, bench/lm/realign_trial.py
-dropping r̂ before evaluation) without changing any number it reports."""
+"""A re-alignment trial releases what it no longer needs (bench/lm/realign.py `release_memory`, and
+bench/lm/realign_trial.py dropping r̂ before evaluation) without changing any number it reports."""
 
 import gc
 import json
@@ -109,7 +109,8 @@ def test_release_changes_no_number_and_frees_rhat_before_evaluation(smoke, tmp_p
         # Train and evaluate again next time: drop the artifacts this trial made.
         shutil.rmtree(os.path.join(root, "realigned"))
         for name in set(os.listdir(os.path.join(root, "policy_samples"))) - built["policy_samples"]:
-            shutil.rmtree(os.path.join(root, "policy_samples", name))
+            path = os.path.join(root, "policy_samples", name)  # the artifact and its lock file
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         kept.clear()
     assert comparable(payloads[False]) == comparable(payloads[True])
     assert alive_at_evaluation == {False: True, True: False}
