@@ -55,6 +55,7 @@ def configurations(policy, engines: dict, loop_prompts: int, samples: int, token
         "transformers-bf16 linear (16)": ("bf16 linear", 16, batched(engines["bf16 linear"], 16)),
         "transformers-bf16 linear (64)": ("bf16 linear", 64, batched(engines["bf16 linear"], 64)),
         "transformers-bf16 model (64)": ("bf16 model", 64, batched(engines["bf16 model"], 64)),
+        "transformers-bf16 linear as of 2026-12-03 (64)": ("bf16 previous", 64, batched(engines["bf16 previous"], 64)),
         "bf16 linear under Policy.generate (64)": ("bf16 linear", 64, batched(engines["bf16 hf"], 64)),
         "float32 under the bf16 engine's loop (64)": ("fp32 loop", 64, batched(engines["fp32 loop"], 64)),
         "ctranslate2 int8 (64)": ("ct2 int8", 64, batched(engines["ct2 int8"], 64)),
@@ -62,6 +63,23 @@ def configurations(policy, engines: dict, loop_prompts: int, samples: int, token
     if "ct2 float32" in engines:
         configs["ctranslate2 float32 (64)"] = ("ct2 float32", 64, batched(engines["ct2 float32"], 64))
     return configs
+
+
+ENGINE_ROWS = (f"{REFERENCE} (16)", f"{REFERENCE} (64)", "transformers-bf16 linear (16)",
+               "transformers-bf16 linear (64)", "transformers-bf16 model (64)",
+               "transformers-bf16 linear as of 2026-12-03 (64)")
+
+
+def previous_bf16(sampler):
+    """The transformers-bf16 `linear` engine as first committed: growing KV cache, one cast per linear layer, the
+    weight reordered by oneDNN on every product (the three later mechanisms of bench/lm/bf16.py switched off)."""
+    from bench.lm.bf16 import BF16Linear, CastMemo
+
+    sampler.preallocate = False
+    for module in sampler.policy.model.modules():
+        if isinstance(module, BF16Linear):
+            module.memo, module.packed = CastMemo(), None
+    return sampler
 
 
 def spread(values: list[float], digits: int = 2) -> dict:
@@ -90,6 +108,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--loop-prompts", type=int, default=16)
+    parser.add_argument("--engine-rows", action="store_true",
+                        help=f"time only the rows {', '.join(ENGINE_ROWS)}")
     parser.add_argument("--ct2-float32", action="store_true", help="also time ctranslate2 float32 (batch 64)")
     parser.add_argument("--cache", type=Path, default=Path("runs/cache"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/generation"))
@@ -117,11 +137,14 @@ def main() -> None:
         clock = time.perf_counter()
         engines[f"bf16 {variant}"] = make_engine("transformers-bf16", compute_type=variant).load(model_dir)
         setup[f"transformers_bf16_{variant}_load"] = round(time.perf_counter() - clock, 1)
+    engines["bf16 previous"] = previous_bf16(make_engine("transformers-bf16").load(model_dir))
     engines["bf16 hf"] = to_bf16_policy = Policy.from_pretrained(model_dir)
     to_bf16(to_bf16_policy.model, "linear")
     engines["fp32 loop"] = LoopSampler(policy, model_dir)
 
     configs = configurations(policy, engines, args.loop_prompts, args.samples, args.tokens)
+    if args.engine_rows:
+        configs = {name: configs[name] for name in ENGINE_ROWS}
     names = list(configs)
     seconds = {name: [] for name in names}
     rates = {name: [] for name in names}
@@ -150,7 +173,8 @@ def main() -> None:
                      "seconds": spread(seconds[name]), "tokens_per_second": spread(rates[name], 1),
                      "speedup_vs_transformers_batched_same_batch": ratios(name, same_batch)
                      if same_batch in rates else None,
-                     "speedup_vs_per_prompt_loop": ratios(name, "transformers per-prompt loop")})
+                     "speedup_vs_per_prompt_loop": ratios(name, "transformers per-prompt loop")
+                     if "transformers per-prompt loop" in rates else None})
 
     # Same distribution on the real model: greedy agreement and the reference log-probs of every repeat's samples.
     clock = time.perf_counter()
@@ -162,7 +186,8 @@ def main() -> None:
     prompt_ids = np.tile(np.repeat(np.arange(len(prompts)), args.samples), args.repeats)
     reference = f"{REFERENCE} (64)"
     reference_lp = policy.sum_logprobs(repeated, all_samples[reference], batch_size=16)
-    torch_models = {key: engines[key].policy.model for key in ("bf16 linear", "bf16 model", "fp32 loop")}
+    torch_models = {key: engines[key].policy.model for key in ("bf16 linear", "bf16 model", "bf16 previous",
+                                                               "fp32 loop")}
     first_repeat = all_samples[reference][: len(prompts) * args.samples]
     check = []
     for name in names:

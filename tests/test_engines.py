@@ -20,12 +20,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY_LM_CORPUS
 from scipy import stats
 
 from bench.errors import BadInput
 from bench.lm import outcomes
-from bench.lm.bf16 import CastMemo, LoopSampler, PreallocatedLayer, fast_bf16_hardware, inverse_cdf, preallocate
+from bench.lm.bf16 import (
+    BF16Linear,
+    CastMemo,
+    LoopSampler,
+    PreallocatedLayer,
+    fast_bf16_hardware,
+    inverse_cdf,
+    preallocate,
+)
 from bench.lm.engines import (
     BF16Engine,
     CTranslate2Engine,
@@ -333,3 +342,13 @@ def test_cast_memo_reuses_a_cast_only_for_the_same_unmodified_tensor():
     with torch.inference_mode():
         y = torch.randn(4, 8)
         assert torch.equal(memo.bf16(y), y.to(torch.bfloat16))
+
+
+def test_packed_bf16_linear_computes_the_plain_bfloat16_product():
+    """The oneDNN-packed weight gives exactly F.linear's bfloat16 product, for any number of rows and for a
+    non-contiguous input; the bias is added in the input's dtype."""
+    weight, bias = torch.randn(48, 32), torch.randn(48)
+    layer = BF16Linear(weight, bias)
+    for x in (torch.randn(1, 32), torch.randn(5, 3, 32), torch.randn(32, 70).t()):
+        expected = F.linear(x.to(torch.bfloat16), weight.to(torch.bfloat16)).float() + bias
+        assert torch.equal(layer(x), expected)
