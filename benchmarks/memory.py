@@ -1,10 +1,11 @@
 """Memory of a re-alignment trial (bench/lm/realign_trial.py), stage by stage: resident set before, peak during and
-after each stage, and what stays alive after it (models, trainers, optimisers), with the release steps of
-bench/lm/realign.py (`release_memory`, and the trial dropping r̂ before its evaluation) and without them (the old
-lifetimes, emulated: r̂ and the demonstrations kept to the end, no collection, no `malloc_trim`), on the detox smoke
-profile; then the peak of each stage of the default profile on SmolLM2-135M, one stage at a time (two RLOO steps of
-the expert's recipe against an r̂ with its own frozen SmolLM2 backbone; the evaluation's two policies and judges on a
-few prompts), from which it projects the process-tree peak of two concurrent default-profile trials plus the driver.
+after each stage, and what stays alive after it (models, trainers, optimisers), with the release steps (bench/lm/
+outcomes.py `release_memory` after training and evaluation, r̂ dropped before the evaluation, the evaluation holding
+one policy at a time) and with the code before them (`--before`, run from an archive of that revision), on the
+detox smoke profile; then the peak of each stage of the default profile on SmolLM2-135M, one stage per process (two
+RLOO steps of the expert's recipe against an r̂ with its own frozen SmolLM2 backbone; the evaluation's policies and
+judges on a few prompts, before and after), from which it projects the process-tree peak of two concurrent
+default-profile trials plus the driver.
 
     python -m benchmarks.memory [--out benchmarks/results/memory] [--quick] [--workdir DIR]
 
@@ -94,9 +95,10 @@ def instrument(stages: list, sampler: Sampler, module, name: str, label: str):
     setattr(module, name, wrapped)
 
 
-def child_trial(ref_path: str, method: str, release: bool) -> dict:
-    """One re-alignment trial (RLOO) of `method` on the built task at `ref_path`, in this process; the artifacts it
-    trains are removed afterwards, so the next measurement trains again."""
+def child_trial(ref_path: str, method: str) -> dict:
+    """One re-alignment trial (RLOO) of `method` on the built task at `ref_path`, in this process, with whichever
+    `bench` this process imports (this tree's, or an older tree's: see `old_tree`); the artifacts it trains are
+    removed afterwards, so the next measurement trains again."""
     from bench.data import TaskRef
     from bench.execution.fit_trial import TrialSpec
     from bench.lm import outcomes, realign, realign_trial, rlhf
@@ -107,11 +109,6 @@ def child_trial(ref_path: str, method: str, release: bool) -> dict:
                 for kind in ("realigned", "policy_samples")}
     stages: list[dict] = []
     sampler = Sampler()
-    kept = []
-    if not release:  # the old lifetimes: r̂ and the demonstrations live to the end of the trial; nothing is trimmed
-        realign.release_memory = lambda: None
-        fit = realign_trial.fit_reward
-        realign_trial.fit_reward = lambda spec: kept.append(fit(spec)) or kept[-1]
     instrument(stages, sampler, realign_trial, "fit_reward", "refit r̂")
     instrument(stages, sampler, realign_trial, "best_of_n", "best-of-n scores")
     instrument(stages, sampler, rlhf, "train_policy", "RLOO training (inside realign)")
@@ -125,7 +122,8 @@ def child_trial(ref_path: str, method: str, release: bool) -> dict:
         for name in set(os.listdir(cache_root / kind)) - names:  # the artifact and its lock file
             path = cache_root / kind / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    return {"method": method, "release": release, "stages": stages, "rss_end_mb": round(end),
+    return {"method": method, "code": str(Path(realign_trial.__file__).parents[2]), "stages": stages,
+            "rss_end_mb": round(end),
             "worker_peak_rss_mb": payload.get("worker_peak_rss_mb"), "status": payload.get("status"),
             "error": payload.get("error"), "numbers": numbers(payload)}
 
@@ -154,7 +152,7 @@ def child_smollm2_train(model_dir: str, release: bool) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from bench.kit.reward_models import lm_features
-    from bench.lm import realign, rlhf
+    from bench.lm import outcomes, realign, rlhf
 
     sampler = Sampler()
     start = sampler.reset()
@@ -162,8 +160,11 @@ def child_smollm2_train(model_dir: str, release: bool) -> dict:
     tok = AutoTokenizer.from_pretrained(model_dir)
     head = np.random.default_rng(0).standard_normal(backbone.config.hidden_size)
 
-    def reward(prompts, completions):
-        return lm_features(backbone, tok, prompts, completions, max_length=128) @ head
+    class Reward:  # a linear head on the frozen backbone's features, as a frozen-LM method's r̂ scores new texts
+        def score(self, prompts, completions):
+            return lm_features(backbone, tok, prompts, completions, max_length=128) @ head
+
+    reward = Reward()
 
     loaded = rss_mb()
     recipe = rlhf.Recipe(steps=2)  # the default profile's recipe, two of its 24 steps
@@ -175,7 +176,7 @@ def child_smollm2_train(model_dir: str, release: bool) -> dict:
     alive = census()
     if release:
         del backbone, reward
-        realign.release_memory()
+        outcomes.release_memory()
     return {"stage": "RLOO + LoRA training (2 steps), r̂ backbone loaded", "rss_start_mb": round(start),
             "rss_with_rhat_mb": round(loaded), "peak_mb": peak, "rss_after_mb": after, "alive_after": alive,
             "rss_after_release_mb": round(rss_mb()) if release else None}
@@ -184,7 +185,7 @@ def child_smollm2_train(model_dir: str, release: bool) -> dict:
 def child_smollm2_eval(model_dir: str, cache_root: str) -> dict:
     """The evaluation of a re-aligned SmolLM2 (bench/lm/outcomes.py's build): policy and π₀ loaded, both judges,
     k = 2 samples of 20 tokens for a few prompts at the default batch size, log-probs under both."""
-    from bench.lm import outcomes, realign
+    from bench.lm import outcomes
     from bench.lm.judges import make_judge
     from bench.storage.artifacts import ArtifactCache
     from tasks.detox.config import parse_judge
@@ -202,13 +203,25 @@ def child_smollm2_eval(model_dir: str, cache_root: str) -> dict:
         outcomes.cached_judged_samples(out, str(policy_dir), {"copy": 1}, model_dir, {"base": 1}, judges,
                                        SMOLLM2_PROMPTS * 4, 2, 20, 0, 16)
         peak, after = round(max(sampler.peak, rss_mb())), round(rss_mb())
-    realign.release_memory()
+    getattr(outcomes, "release_memory", gc.collect)()  # an older tree has no release_memory
     return {"stage": "evaluation: policy + π₀ + judges, 16 prompts x 2 samples", "rss_start_mb": round(start),
             "peak_mb": peak, "rss_after_mb": after, "rss_after_release_mb": round(rss_mb())}
 
 
-def run_child(args: list[str], env: dict | None = None, timeout: float = 1800) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--child", *args], cwd=REPO,
+def old_tree(workdir: Path, rev: str) -> Path:
+    """The repository at `rev` (before the release steps) in workdir/old, with this file added, so that a child run
+    there imports that revision's `bench` (the current directory comes first on sys.path)."""
+    tree = workdir / f"old-{rev}"
+    if not tree.exists():
+        tree.mkdir()
+        archive = subprocess.run(["git", "archive", rev], cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        shutil.copy(__file__, tree / "benchmarks" / "memory.py")
+    return tree
+
+
+def run_child(args: list[str], env: dict | None = None, timeout: float = 1800, cwd: Path = REPO) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--child", *args], cwd=cwd,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                                "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})},
                           capture_output=True, text=True, timeout=timeout)
@@ -236,11 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke profile only (no SmolLM2 stages)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the smoke task is built (kept)")
     parser.add_argument("--methods", default="bradley_terry,implicit")
+    parser.add_argument("--before", default="7984d83", help="the revision before the release steps (compared)")
     parser.add_argument("--child", nargs="+", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         kind, *rest = args.child
-        result = {"trial": lambda: child_trial(rest[0], rest[1], rest[2] == "1"),
+        result = {"trial": lambda: child_trial(rest[0], rest[1]),
                   "build": lambda: {"ref": str(build_smoke(Path(rest[0])))},
                   "smollm2_train": lambda: child_smollm2_train(rest[0], rest[1] == "1"),
                   "smollm2_eval": lambda: child_smollm2_eval(rest[0], rest[1])}[kind]()
@@ -252,10 +266,12 @@ def main(argv: list[str] | None = None) -> int:
     ref = run_child(["build", str(workdir)])["ref"]
     report: dict = {"host": {"cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
                     "smoke": {}}
+    before = old_tree(workdir, args.before)
+    report["before"] = args.before
     for method in args.methods.split(","):
-        old = run_child(["trial", ref, method, "0"])
-        new = run_child(["trial", ref, method, "1"])
-        arena = run_child(["trial", ref, method, "1"], env={"MALLOC_ARENA_MAX": "2"})
+        old = run_child(["trial", ref, method], cwd=before)
+        new = run_child(["trial", ref, method])
+        arena = run_child(["trial", ref, method], env={"MALLOC_ARENA_MAX": "2"})
         report["smoke"][method] = {"old": old, "new": new, "new_malloc_arena_max_2": arena,
                                    "identical_numbers": old["numbers"] == new["numbers"] == arena["numbers"]}
         for run in (old, new, arena):
@@ -265,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_root = str(REPO / "runs" / "cache")
         report["smollm2"] = {"model_dir": model_dir,
                             "train": run_child(["smollm2_train", model_dir, "1"]),
+                            "eval_before": run_child(["smollm2_eval", model_dir, cache_root], cwd=before),
                             "eval": run_child(["smollm2_eval", model_dir, cache_root])}
         report["projection"] = projection(report["smollm2"])
     elif not args.quick:
@@ -279,14 +296,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 DRIVER_MB = 600  # the driver's resident set in the last `bench run --task detox` (issue #13)
-RAY_MB = 700  # Ray's own processes (GCS, raylet, dashboard agents, idle workers): not measured here, assumed
+RAY_MB = 500  # Ray's own processes (GCS, raylet, dashboard, its agents, monitors): 496 MB by ps on a live run
 
 
 def projection(smollm2: dict) -> dict:
-    """Two concurrent trials, each at the larger of its training and evaluation peaks, plus the driver and Ray."""
-    worker = max(smollm2["train"]["peak_mb"], smollm2["eval"]["peak_mb"])
-    return {"worker_peak_mb": worker, "driver_mb": DRIVER_MB, "ray_mb_assumed": RAY_MB,
-            "tree_peak_mb": 2 * worker + DRIVER_MB + RAY_MB}
+    """Two concurrent trials, each at the larger of its training and evaluation peaks, plus the driver and Ray. The
+    measured training holds one SmolLM2 for r̂ (a frozen-LM method's backbone); the implicit method's r̂ holds two
+    (π₀ and π_E), so its training peak is one model more."""
+    t = smollm2["train"]
+    model_mb = t["rss_with_rhat_mb"] - t["rss_start_mb"]
+    worker = max(t["peak_mb"], smollm2["eval"]["peak_mb"])
+    worst = max(t["peak_mb"] + model_mb, smollm2["eval"]["peak_mb"])
+    return {"worker_peak_mb": worker, "implicit_worker_peak_mb": worst, "model_mb": model_mb, "driver_mb": DRIVER_MB,
+            "ray_mb": RAY_MB, "tree_peak_mb": 2 * worker + DRIVER_MB + RAY_MB,
+            "tree_peak_two_implicit_mb": 2 * worst + DRIVER_MB + RAY_MB}
 
 
 def headline(r: dict) -> str:
@@ -302,9 +325,10 @@ def headline(r: dict) -> str:
 def markdown(r: dict) -> str:
     lines = ["# Memory of a re-alignment trial", "", f"{r['host']['cpus']} CPUs, {r['host']['date']}. Produced by "
              "`python -m benchmarks --only memory` (benchmarks/memory.py). RSS from /proc/self/statm, peaks sampled "
-             "every 5 ms on a thread; each row is one process. *old*: r̂ and the demonstrations alive to the end, no "
-             "collection or malloc_trim (the code before the release steps); *new*: bench/lm/realign.py "
-             "`release_memory` after training and evaluation, r̂ dropped before evaluation.", ""]
+             "every 5 ms on a thread; each row is one process. *old*: the code at revision "
+             f"{r.get('before')} (before the release steps); *new*: this tree (bench/lm/outcomes.py `release_memory` "
+             "after training and evaluation, r̂ dropped before evaluation, one policy at a time in the evaluation).",
+             ""]
     for method, m in r["smoke"].items():
         lines += [f"## smoke profile, `{method}` (RLOO, all weights, β = 0.1: TRL's reference copy)", "",
                   f"Payload numbers old vs new vs new with MALLOC_ARENA_MAX=2: "
@@ -323,16 +347,21 @@ def markdown(r: dict) -> str:
         lines.append("")
     s = r.get("smollm2")
     if s and "train" in s:
-        t, e, p = s["train"], s["eval"], r["projection"]
+        t, e, b, p = s["train"], s["eval"], s["eval_before"], r["projection"]
         lines += ["## SmolLM2-135M (default profile), one stage per process", "",
                   "| stage | RSS at start | peak | RSS after | after release |", "|---|---|---|---|---|",
                   f"| {t['stage']} (RSS with r̂ loaded: {t['rss_with_rhat_mb']}) | {t['rss_start_mb']} | "
                   f"{t['peak_mb']} | {t['rss_after_mb']} | {t['rss_after_release_mb']} |",
                   f"| {e['stage']} | {e['rss_start_mb']} | {e['peak_mb']} | {e['rss_after_mb']} | "
-                  f"{e['rss_after_release_mb']} |", "",
+                  f"{e['rss_after_release_mb']} |",
+                  f"| the same evaluation, code at {r.get('before')} (both policies at once) | {b['rss_start_mb']} | "
+                  f"{b['peak_mb']} | {b['rss_after_mb']} | {b['rss_after_release_mb']} |", "",
                   f"Projected tree peak: 2 × {p['worker_peak_mb']} MB (a worker's larger stage peak) + driver "
-                  f"{p['driver_mb']} MB (issue #13's figure) + Ray's processes {p['ray_mb_assumed']} MB (assumed, not "
-                  f"measured here) = **{p['tree_peak_mb']} MB**.", ""]
+                  f"{p['driver_mb']} MB (issue #13's figure) + Ray's processes {p['ray_mb']} MB (496 MB by ps on a "
+                  f"live `bench run --task detox`, not by this script) = **{p['tree_peak_mb']} MB**. Two `implicit` "
+                  f"trials at once (r̂ holds π₀ and π_E: one {p['model_mb']} MB model more in training): "
+                  f"2 × {p['implicit_worker_peak_mb']} + {p['driver_mb']} + {p['ray_mb']} = "
+                  f"**{p['tree_peak_two_implicit_mb']} MB**.", ""]
     elif s:
         lines += [f"SmolLM2 stages: skipped ({s['skipped']}).", ""]
     lines += ["Not measured: a whole default-profile trial (20+ minutes); the default trial's refit and best-of-n "

@@ -10,7 +10,7 @@ import weakref
 import numpy as np
 import pytest
 
-from bench.lm import realign
+from bench.lm import outcomes, realign
 
 
 def live(cls) -> int:
@@ -22,6 +22,7 @@ class CountReward:
         return np.array([c.count("the") for c in completions], dtype=float)
 
 
+@pytest.mark.slow  # trains twice: about 25 s
 def test_realign_leaves_no_trainer_optimiser_or_model_alive(tiny_lm_dir, tmp_path, monkeypatch):
     """With the automatic collector off, only `release_memory` frees what training left in reference cycles: the
     control run without it shows the trained model and TRL's reference copy (β > 0, all weights) still alive."""
@@ -78,7 +79,7 @@ def test_release_changes_no_number_and_frees_rhat_before_evaluation(smoke, tmp_p
     release steps: byte-identical payload numbers; and with the release, r̂ (whose frozen-LM encoder holds a backbone)
     is gone by the time the evaluation loads its policies and judges."""
     from bench.execution.fit_trial import TrialSpec
-    from bench.lm import outcomes, realign_trial
+    from bench.lm import realign_trial
 
     spec = realign_trial.RealignSpec(TrialSpec("bradley_terry", {}, 0, smoke.ref), "rloo")
     root = smoke.ref.cache_root
@@ -104,6 +105,7 @@ def test_release_changes_no_number_and_frees_rhat_before_evaluation(smoke, tmp_p
             m.setattr(outcomes, "cached_judged_samples", evaluate_and_check)
             if not released:
                 m.setattr(realign, "release_memory", lambda: None)
+                m.setattr(outcomes, "release_memory", lambda: None)
             payloads[released] = realign_trial.run_realign_trial(spec, tmp_path / f"{released}.json")
         assert payloads[released]["status"] == "ok", payloads[released].get("error")
         # Train and evaluate again next time: drop the artifacts this trial made.
@@ -114,3 +116,47 @@ def test_release_changes_no_number_and_frees_rhat_before_evaluation(smoke, tmp_p
         kept.clear()
     assert comparable(payloads[False]) == comparable(payloads[True])
     assert alive_at_evaluation == {False: True, True: False}
+
+
+class LengthJudge:
+    def p_toxic(self, texts):
+        return np.array([min(1.0, len(t) / 50) for t in texts])
+
+
+def test_evaluation_holds_one_policy_at_a_time_and_records_what_both_at_once_did(tiny_lm_dir, tmp_path,
+                                                                                 monkeypatch):
+    """The evaluation's log-probs under the policy and under π₀, computed one model at a time, equal those of the
+    old path (`judged_samples` with both loaded), and π₀ loads only after the policy is gone."""
+    import torch
+    from transformers import PreTrainedModel
+
+    from bench.lm.policies import Policy
+    from bench.storage.artifacts import ArtifactCache
+
+    policy_dir = tmp_path / "policy"
+    shifted = Policy.from_pretrained(str(tiny_lm_dir))
+    with torch.no_grad():
+        for p in shifted.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    shifted.model.save_pretrained(policy_dir)
+    shifted.tokenizer.save_pretrained(policy_dir)
+    del shifted
+    prompts, judges = ["the cat", "you are", "a quick"], {"len": ({"type": "len"}, LengthJudge)}
+    both = outcomes.judged_samples(Policy.from_pretrained(str(policy_dir)), {"len": LengthJudge()}, prompts, 2, 6,
+                                   seed=3, batch_size=4, base=Policy.from_pretrained(str(tiny_lm_dir)))
+    gc.collect()
+    live_at_load = []
+
+    class Watched(Policy):
+        @classmethod
+        def from_pretrained(cls, source, *args, **kwargs):
+            gc.collect()
+            live_at_load.append((source, live(PreTrainedModel)))
+            return Policy.from_pretrained(source, *args, **kwargs)
+
+    monkeypatch.setattr(outcomes, "Policy", Watched)
+    record = outcomes.cached_judged_samples(ArtifactCache(tmp_path / "cache"), str(policy_dir), {"p": 1},
+                                            str(tiny_lm_dir), {"b": 1}, judges, prompts, 2, 6, 3, 4)
+    assert json.loads(json.dumps(both)) == record.read_json("samples.json")
+    assert both["logp_base"] != both["logp_policy"]  # the two models differ, so a swap would show
+    assert live_at_load == [(str(policy_dir), 0), (str(tiny_lm_dir), 0)]

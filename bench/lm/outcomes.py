@@ -8,6 +8,10 @@ turn such records into bench/lm/toxicity.py's estimates with CIs.
 
 from __future__ import annotations
 
+import ctypes
+import gc
+import sys
+
 import numpy as np
 
 from bench.lm import toxicity
@@ -39,10 +43,28 @@ def judged_samples(policy, judges: dict, prompts: list[str], k: int, max_new_tok
         repeated = [p for p in prompts for _ in range(k)]
         lp_base = base.logprobs(repeated, completions, batch_size)
         lp_policy = lp_base if policy is base else policy.logprobs(repeated, completions, batch_size)
-        record["logp_base"] = [round(float(lp.sum()), 5) for lp in lp_base]
-        record["logp_policy"] = [round(float(lp.sum()), 5) for lp in lp_policy]
-        record["tokens"] = [int(len(lp)) for lp in lp_base]
+        record.update(logprob_fields(lp_base, lp_policy))
     return record
+
+
+def logprob_fields(lp_base: list, lp_policy: list) -> dict:
+    """A record's log-prob fields from per-token log-probs of each completion under π₀ and under the policy."""
+    return {"logp_base": [round(float(lp.sum()), 5) for lp in lp_base],
+            "logp_policy": [round(float(lp.sum()), 5) for lp in lp_policy],
+            "tokens": [int(len(lp)) for lp in lp_base]}
+
+
+def release_memory() -> None:
+    """Give back what finished work left behind: collect reference cycles (a trained model, TRL's reference copy
+    and the reward stay in cycles with TRL's trainer until the cyclic collector runs) and return glibc's freed heap
+    to the OS (`malloc_trim(0)`: without it a freed model's pages mostly stay resident). It frees only unreachable
+    objects, so it changes no number."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (e.g. musl): the collection above is all there is
+            pass
 
 
 def cached_judged_samples(cache: ArtifactCache, policy_dir: str, identity: dict, base_dir: str | None,
@@ -64,12 +86,19 @@ def cached_judged_samples(cache: ArtifactCache, policy_dir: str, identity: dict,
         sampler = None if reference else engine.load(policy_dir)
         # The reference policy samples itself; with another engine it is loaded only to score log-probs.
         policy = Policy.from_pretrained(policy_dir) if reference or base_dir is not None else None
-        base = None
-        if base_dir is not None:
-            base = policy if base_dir == policy_dir else Policy.from_pretrained(base_dir)
         loaded = {name: make() for name, (_, make) in judges.items()}
-        record = judged_samples(policy, loaded, prompts, k, max_new_tokens, seed, batch_size, base, progress,
-                                sampler, None if reference else engine.identity())
+        same = base_dir == policy_dir
+        record = judged_samples(policy, loaded, prompts, k, max_new_tokens, seed, batch_size,
+                                policy if same else None, progress, sampler, None if reference else engine.identity())
+        if base_dir is not None and not same:
+            # One model in memory at a time: the policy's log-probs, then π₀ loads in its place (log-probs draw no
+            # random numbers, so the order changes nothing).
+            repeated = [p for p in prompts for _ in range(k)]
+            lp_policy = policy.logprobs(repeated, record["completions"], batch_size)
+            del policy, sampler, loaded
+            release_memory()
+            lp_base = Policy.from_pretrained(base_dir).logprobs(repeated, record["completions"], batch_size)
+            record.update(logprob_fields(lp_base, lp_policy))
         atomic_write_json(out / "samples.json", record, indent=None)
 
     return cache.get_or_build("policy_samples", inputs, build)

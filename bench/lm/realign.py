@@ -12,16 +12,14 @@ with R* drifted to KL ≈ 52 nats where π_E stopped at ≈ 5.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from bench.errors import RuntimeFailure
 from bench.lm import rlhf
+from bench.lm.outcomes import release_memory
 from bench.storage.artifacts import Artifact, ArtifactCache, atomic_write_json
 from bench.task import hash_texts
 
@@ -84,19 +82,6 @@ class AffineNormalisedReward(BatchNormalisedReward):
 
 
 NORMALISATIONS = ("batch", "affine")
-
-
-def release_memory() -> None:
-    """Give back what finished work left behind: collect reference cycles (TRL's trainer, its accelerator, optimiser
-    and callbacks hold each other, so the trained model, its reference copy and the reward stay alive until the
-    cyclic collector runs) and return glibc's freed heap pages to the OS (`malloc_trim(0)`; without it a freed
-    model's pages mostly stay in the process's resident set). Changes no number: it frees only unreachable objects."""
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (e.g. musl): the collection above is all we can do
-            pass
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,7 @@ def run_realign_trial(spec: RealignSpec, result_path: Path, progress=None) -> di
             # r̂ is done: drop it (a frozen-LM encoder's backbone, or the implicit reward's two policies) and the
             # demonstrations before the policies and judges of the evaluation load.
             del reward, demos, train, reference
-            realign.release_memory()
+            outcomes.release_memory()
             timing["realign"], clock = round(time.time() - clock, 2), time.time()
             judges = {name: (judge_spec, lambda s=judge_spec: make_judge(s, cache))
                       for name, judge_spec in setup.judges.items()}
@@ -131,7 +131,7 @@ def run_realign_trial(spec: RealignSpec, result_path: Path, progress=None) -> di
             record = outcomes.cached_judged_samples(
                 cache, trained.model_dir, {"realigned": trained.artifact.key}, base_dir, setup.base_identity, judges,
                 ev["prompts"], ev["k"], ev["max_new_tokens"], ev["seed"], ev["batch_size"]).read_json("samples.json")
-            realign.release_memory()  # the evaluation's policies and judges
+            outcomes.release_memory()  # the evaluation's policies and judges
             timing["evaluation"] = round(time.time() - clock, 2)
             payload["policy"] = outcomes.policy_metrics(record)
             base_record, expert_record = samples(setup.evaluations["base"]), samples(setup.evaluations["expert"])
