@@ -288,7 +288,7 @@ def markdown(result: dict) -> str:
             kl = f"{e['last_kl']:.3f}" if e["last_kl"] is not None else "–"
             lines.append(f"| π_E {name} ({CONFIGS[name][1]}) | {e['seconds_per_step']} | " + " | ".join(cells)
                          + f" | {sep} | {kl} |")
-        lines.append("")
+        lines += ["", f"Not measured: {d['not_done']}.", ""] if d.get("not_done") else [""]
     lines.append(f"Detox check: {host_line(result['host'])} Produced by `benchmarks/rl_step.py`."
                  if "detox" in result else "Produced by `benchmarks/rl_step.py`.")
     return "\n".join(lines) + "\n"
