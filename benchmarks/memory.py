@@ -220,6 +220,29 @@ def old_tree(workdir: Path, rev: str) -> Path:
     return tree
 
 
+def child_judges(cache_root: str) -> dict:
+    """What the evaluation's judges cost resident, and what dropping them gives back: the case for (or against)
+    keeping them across the trials of one worker."""
+    import torch  # noqa: F401  (imported first, as in a trial, so that its own pages are not counted)
+
+    from bench.lm import outcomes
+    from bench.lm.judges import make_judge
+    from bench.storage.artifacts import ArtifactCache
+
+    cache = ArtifactCache(cache_root)
+    start = rss_mb()
+    profanity = make_judge({"type": "profanity_check"}, cache)
+    profanity.p_toxic(["you are a kind person"])
+    with_profanity = rss_mb()
+    bilstm = make_judge({"type": "bilstm", "reduce": "toxic"}, cache)
+    bilstm.p_toxic(["you are a kind person"] * 16)
+    with_both = rss_mb()
+    del bilstm, profanity
+    outcomes.release_memory()
+    return {"profanity_check_mb": round(with_profanity - start), "bilstm_mb": round(with_both - with_profanity),
+            "given_back_by_dropping_both_mb": round(with_both - rss_mb())}
+
+
 def run_child(args: list[str], env: dict | None = None, timeout: float = 1800, cwd: Path = REPO) -> dict:
     proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--child", *args], cwd=cwd,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
@@ -257,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         result = {"trial": lambda: child_trial(rest[0], rest[1]),
                   "build": lambda: {"ref": str(build_smoke(Path(rest[0])))},
                   "smollm2_train": lambda: child_smollm2_train(rest[0], rest[1] == "1"),
-                  "smollm2_eval": lambda: child_smollm2_eval(rest[0], rest[1])}[kind]()
+                  "smollm2_eval": lambda: child_smollm2_eval(rest[0], rest[1]),
+                  "judges": lambda: child_judges(rest[0])}[kind]()
         print(json.dumps(result))
         return 0
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="benchmarks-memory-"))
@@ -283,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                             "train": run_child(["smollm2_train", model_dir, "1"]),
                             "eval_before": run_child(["smollm2_eval", model_dir, cache_root], cwd=before),
                             "eval": run_child(["smollm2_eval", model_dir, cache_root])}
+        report["judges"] = run_child(["judges", cache_root])
         report["projection"] = projection(report["smollm2"])
     elif not args.quick:
         report["smollm2"] = {"skipped": "no SmolLM2 directory under runs/cache/gguf_model (run the default build)"}
@@ -364,9 +389,20 @@ def markdown(r: dict) -> str:
                   f"**{p['tree_peak_two_implicit_mb']} MB**.", ""]
     elif s:
         lines += [f"SmolLM2 stages: skipped ({s['skipped']}).", ""]
-    lines += ["Not measured: a whole default-profile trial (20+ minutes); the default trial's refit and best-of-n "
-              "stages; Ray's own processes; the 24-step training peak (two steps here: LoRA's optimiser state is "
-              "allocated at step 1, activations do not grow with steps).", ""]
+    j = r.get("judges")
+    if j:
+        lines += [f"Judges (not cached across a worker's trials): alt-profanity-check costs {j['profanity_check_mb']} "
+                  f"MB once imported and stays loaded with its module anyway; the BiLSTM {j['bilstm_mb']} MB; "
+                  f"dropping both gives back {j['given_back_by_dropping_both_mb']} MB. A module-level cache would "
+                  "save a few seconds of loading per trial (of 20+ minutes) and hold the judges through the next "
+                  "trial's training, the stage that sets the peak; with an hf_classifier judge (the pythia "
+                  "profiles) that is a RoBERTa more in training. Left out.", ""]
+    lines += ["Not measured: a whole default-profile trial (20+ minutes) and so its end-to-end peak inside a Ray "
+              "worker, whose baseline (Ray's own imports, the task's data and feature tables) sits above these "
+              "processes' (about 250-400 MB at the start here), so the projection is a lower bound by that much per "
+              "worker; the default trial's refit and best-of-n stages (seconds, on cached features); Ray's processes "
+              "(taken from ps, above); the 24-step training peak (two steps here: LoRA's optimiser state is "
+              "allocated at step 1, and activations do not grow with steps).", ""]
     return "\n".join(lines)
 
 
