@@ -134,6 +134,7 @@ def numbers(payload: dict) -> str:
     kept = {k: v for k, v in payload.items() if k not in drop}
     if "training" in kept:
         kept["training"] = {k: v for k, v in kept["training"].items() if k != "build_seconds"}
+        kept["training"]["recipe"] = {k: v for k, v in kept["training"]["recipe"].items() if k != "train_seconds"}
     return json.dumps(kept, sort_keys=True)
 
 

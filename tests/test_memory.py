@@ -70,6 +70,7 @@ def comparable(payload: dict) -> str:
     """The payload minus what differs between any two runs (times, memory)."""
     kept = {k: v for k, v in payload.items() if k not in ("timing", "seconds", "worker_peak_rss_mb")}
     kept["training"] = {k: v for k, v in kept["training"].items() if k != "build_seconds"}
+    kept["training"]["recipe"] = {k: v for k, v in kept["training"]["recipe"].items() if k != "train_seconds"}
     return json.dumps(kept, sort_keys=True)
 
 
