@@ -358,7 +358,8 @@ def markdown(r: dict) -> str:
     for method, m in r["smoke"].items():
         lines += [f"## smoke profile, `{method}` (RLOO, all weights, β = 0.1: TRL's reference copy)", "",
                   f"Payload numbers old vs new vs new with MALLOC_ARENA_MAX=2: "
-                  f"{'byte-identical' if m['identical_numbers'] else 'DIFFERENT'}.", "",
+                  f"{'byte-identical' if m['identical_numbers'] else 'DIFFERENT'}."
+                  + (f" {m['identical_numbers_note']}" if m.get("identical_numbers_note") else ""), "",
                   "| variant | stage | RSS before | peak | RSS after | alive: models / MB / trainers / optimisers |",
                   "|---|---|---|---|---|---|"]
         for variant in ("old", "new", "new_malloc_arena_max_2"):
@@ -390,6 +391,7 @@ def markdown(r: dict) -> str:
                   f"**{p['tree_peak_two_implicit_mb']} MB**.", ""]
     elif s:
         lines += [f"SmolLM2 stages: skipped ({s['skipped']}).", ""]
+    lines += [r["notes"], ""] if r.get("notes") else []
     j = r.get("judges")
     if j:
         lines += [f"Judges (not cached across a worker's trials): alt-profanity-check costs {j['profanity_check_mb']} "
