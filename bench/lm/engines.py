@@ -4,7 +4,7 @@ enters a metric is still computed by the reference model (bench/lm/policies.py `
     transformers       the reference: `Policy.generate`, batched left-padded `transformers.generate` in fp32
     transformers-bf16  the reference model with its linear layers in bfloat16 (residual stream, norms and KV cache
                        float32; variant `model` casts everything), sampled by bench/lm/bf16.py's decoding loop
-                       (preallocated KV cache, shared casts, packed weights). On a CPU with AMX, 2.35x transformers
+                       (preallocated KV cache, shared casts, packed weights). On a CPU with AMX, 2.36x transformers
                        at batch 64 (1.23x the engine as first committed, side by side; `model` 3.1x); reference
                        log-probs of its samples match (Mann-Whitney p = 0.73 as first committed), greedy completions
                        differ only after near-ties (< 0.15 nats)
