@@ -341,8 +341,9 @@ def projection(smollm2: dict) -> dict:
 def headline(r: dict) -> str:
     parts = []
     for method, m in r["smoke"].items():
-        parts.append(f"smoke {method}: end RSS {m['old']['rss_end_mb']} → {m['new']['rss_end_mb']} MB, numbers "
-                     f"{'identical' if m['identical_numbers'] else 'DIFFER'}")
+        same = "identical" if m["identical_numbers"] else (
+            "differ in train_seconds only (see note)" if m.get("identical_numbers_note") else "DIFFER")
+        parts.append(f"smoke {method}: end RSS {m['old']['rss_end_mb']} → {m['new']['rss_end_mb']} MB, numbers {same}")
     if "projection" in r:
         parts.append(f"projected tree peak, 2 default trials + driver: {r['projection']['tree_peak_mb']} MB")
     return "; ".join(parts)
