@@ -210,7 +210,7 @@ def train_policy(out: Path, base_dir: str, reward_fn, prompts: list[str], recipe
 
     trained = trainer.model
     if frozen_bf16:  # merge the adapters into π₀'s own fp32 weights, not into their bf16 copies
-        fp32 = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).state_dict()
+        fp32 = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=False).state_dict()
         for name, param in trained.get_base_model().named_parameters():
             if param.dtype == torch.bfloat16:
                 param.data = fp32[name.replace(".base_layer", "")]
