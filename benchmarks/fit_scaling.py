@@ -77,10 +77,12 @@ def first(pairs: PreferencePairs, n: int) -> PreferencePairs:
 
 
 def timed_fit(method: str, pairs: PreferencePairs, val: PreferencePairs, encoder_spec: dict, epochs: int,
-              device: torch.device) -> dict:
-    """One fit of exactly `epochs` epochs: seconds per epoch (between epoch reports) and in all."""
+              device: torch.device, settings: dict | None = None) -> dict:
+    """One fit of exactly `epochs` epochs (other config `settings` as given): seconds per epoch (between epoch
+    reports) and in all, and the fitted reward."""
     cls = registry.methods()[method]
-    cfg = cls.Config(**C.to_dict(C.build(cls.Config, {"epochs": epochs, "patience": epochs + 1}, owner=method)))
+    cfg = cls.Config(**C.to_dict(C.build(cls.Config, {**(settings or {}), "epochs": epochs, "patience": epochs + 1},
+                                         owner=method)))
     stamps = []
 
     def record(**metrics) -> None:
@@ -95,7 +97,7 @@ def timed_fit(method: str, pairs: PreferencePairs, val: PreferencePairs, encoder
     cls().fit(pairs, reward, cfg, ctx)
     total = time.perf_counter() - began
     assert len(stamps) == epochs, (method, len(stamps))
-    return {"per_epoch": (stamps[-1] - stamps[0]) / (epochs - 1), "total": total}
+    return {"per_epoch": (stamps[-1] - stamps[0]) / (epochs - 1), "total": total, "reward": reward}
 
 
 def slope(sizes: list[int], seconds: list[float]) -> dict:

@@ -38,14 +38,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from bench import registry
 from bench.data import PreferencePairs
-from bench.execution.fit_trial import seed_everything
-from bench.kit.interface import FitContext
-from bench.kit.reward_models import RewardModel, lm_features, make_encoder, make_head, text_key
+from bench.kit.reward_models import lm_features, text_key
 from bench.lm.policies import resolve_model_dir
 from bench.storage.artifacts import ArtifactCache, atomic_write_json
 from benchmarks import RESULTS, fmt, host, host_line, rotated, spread, write
+from benchmarks.fit_scaling import timed_fit
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = REPO / "results" / "detox" / "default" / "dataset"
@@ -119,24 +117,11 @@ def feature_table(backbone: str, splits: dict, max_length: int, device, director
 
 def ours(spec: dict, splits: dict, args, device) -> dict:
     """One bradley_terry fit of exactly --epochs epochs on the cached features."""
-    cls = registry.methods()["bradley_terry"]
-    cfg = cls.Config(epochs=args.epochs, patience=args.epochs + 1, lr=args.lr, batch_size=args.batch_size,
-                     weight_decay=0.0, temperature=1.0)
-    stamps = []
-
-    def record(**metrics) -> None:
-        if "epoch" in metrics:
-            stamps.append(time.perf_counter())
-
-    seed_everything(0)
-    began = time.perf_counter()
-    encoder = make_encoder(spec)
-    reward = RewardModel(encoder, make_head("linear", encoder.dim)).to(device)
-    cls().fit(splits["train"], reward, cfg, FitContext(seed=0, device=device, val=splits["val"], report=record))
-    total = time.perf_counter() - began
-    test = splits["test"]
+    fit = timed_fit("bradley_terry", splits["train"], splits["val"], spec, args.epochs, device,
+                    {"lr": args.lr, "batch_size": args.batch_size, "weight_decay": 0.0, "temperature": 1.0})
+    reward, test = fit["reward"], splits["test"]
     margin = reward.score(test.prompts, test.chosen) - reward.score(test.prompts, test.rejected)
-    return {"per_epoch": (stamps[-1] - stamps[0]) / (args.epochs - 1), "total": total,
+    return {"per_epoch": fit["per_epoch"], "total": fit["total"],
             "trainable": sum(p.numel() for p in reward.parameters() if p.requires_grad),
             "test_pair_accuracy": float(np.mean((margin > 0) + 0.5 * (margin == 0)))}
 
