@@ -9,6 +9,8 @@ import platform
 from pathlib import Path
 
 from bench import provenance
+from bench.lm.bf16 import fast_bf16_hardware
+from bench.lm.engines import resolve
 from bench.storage.artifacts import cache_for
 from bench.storage.cache_admin import human_bytes, usage
 
@@ -38,6 +40,12 @@ def generation_engines() -> dict[str, bool]:
     return found
 
 
+def engine_choice() -> dict:
+    """What `gen_engine=auto` becomes here, and whether the CPU multiplies bfloat16 natively (transformers-bf16 is
+    fast only there): the two facts that explain a sampling speed in a bug report."""
+    return {"auto": resolve("auto"), "native_bf16_cpu": fast_bf16_hardware()}
+
+
 def report(runs_dir: Path) -> dict:
     cache = cache_for(runs_dir)
     source = "IRL_BENCH_CACHE" if os.environ.get("IRL_BENCH_CACHE") else f"--runs-dir {runs_dir}"
@@ -46,6 +54,7 @@ def report(runs_dir: Path) -> dict:
         "git_commit": provenance.git_commit(),
         "devices": devices(),
         "generation_engines": generation_engines(),
+        "engine_choice": engine_choice(),
         "cache": {**usage(cache), "source": source},
     }
 
@@ -67,6 +76,9 @@ def render(env: dict) -> list[str]:
     ]
     engines = env["generation_engines"]
     lines += [f"  {name:18s} {'installed' if ok else 'not installed'}" for name, ok in engines.items()]
+    choice = env["engine_choice"]
+    lines += [f"  {'native bf16 CPU':18s} {'yes' if choice['native_bf16_cpu'] else 'no'}",
+              f"  {'auto':18s} {choice['auto']}"]
     lines += [
         "artifact cache:",
         f"  {'location':18s} {cache['root']} (from {cache['source']})",

@@ -11,6 +11,7 @@ import pytest
 from bench import registry
 from bench.cli import main
 from bench.data import TaskData
+from bench.lm.bf16 import fast_bf16_hardware
 from bench.storage import cache_admin
 from bench.storage.artifacts import atomic_write_json, cache_for, file_lock
 from bench.storage.selection import Selection
@@ -141,6 +142,9 @@ def test_env_reports_versions_devices_engines_and_the_cache(world, capsys, monke
     assert env["devices"]["cpus"] == os.cpu_count() and env["devices"]["gpu_count"] == len(env["devices"]["gpus"])
     assert env["generation_engines"]["transformers"] is True
     assert set(env["generation_engines"]) == {"transformers", "ctranslate2", "vllm", "onnxruntime_genai"}
+    native_bf16 = fast_bf16_hardware() and not env["devices"]["cuda_available"]
+    expected_auto = "transformers-bf16" if native_bf16 else "transformers"
+    assert env["engine_choice"] == {"auto": expected_auto, "native_bf16_cpu": fast_bf16_hardware()}
     files = [p for p in cache.root.rglob("*") if p.is_file() and not p.name.startswith(".")]
     assert env["cache"]["root"] == str(cache.root) and env["cache"]["artifacts"] == len(keep) + len(orphans)
     assert env["cache"]["files"] == len(files) and env["cache"]["bytes"] == sum(p.stat().st_size for p in files)
@@ -148,6 +152,7 @@ def test_env_reports_versions_devices_engines_and_the_cache(world, capsys, monke
     monkeypatch.setenv("IRL_BENCH_CACHE", str(runs / "elsewhere"))
     assert main(["env", "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out
+    assert f"  auto               {expected_auto}\n" in out
     assert f"{runs / 'elsewhere'} (from IRL_BENCH_CACHE)" in out and "empty (not created yet)" in out
 
 
