@@ -50,6 +50,9 @@ CONFIGS = {  # name -> (Recipe speed settings, label)
     "bf16": ({"precision": "bf16"}, "bf16 autocast, checkpointing"),
     "no_ckpt": ({"gradient_checkpointing": False}, "fp32, no checkpointing"),
     "fast": ({"precision": "bf16", "gradient_checkpointing": False}, "bf16 autocast, no checkpointing"),
+    "merged": ({"rollouts": "merged-bf16"}, "fp32, checkpointing, merged-bf16 rollouts"),
+    "fastest": ({"precision": "bf16", "gradient_checkpointing": False, "rollouts": "merged-bf16"},
+                "bf16 autocast, no checkpointing, merged-bf16 rollouts"),
 }
 PARTS = ("generation", "policy_logprobs", "reference_logprobs", "reward", "forward", "backward", "optimiser", "other")
 
@@ -205,7 +208,7 @@ def measure_steps(args, cache_root: Path) -> dict:
 
 
 def detox_check(args, cache_root: Path) -> dict:
-    """Today's expert and the `fast` one vs π₀ on the first --eval-prompts evaluation prompts, under both judges."""
+    """The experts of --detox-configs vs π₀ on the first --eval-prompts evaluation prompts, under both judges."""
     import torch
 
     torch.set_num_threads(1)
@@ -217,7 +220,8 @@ def detox_check(args, cache_root: Path) -> dict:
     prompts = pieces["eval_prompts"][: args.eval_prompts]
     policies = {"base": build.base}
     experts = {}
-    for name, settings in (("today", {}), ("fast", CONFIGS["fast"][0])):
+    for name in args.detox_configs:
+        settings = CONFIGS[name][0]
         recipe = rlhf.recipe_from({**pieces["recipe"], **settings})
         started = time.time()
         art = rlhf.train_expert(build.base[0], build.base[1], build.reward_spec, build.reward_judge,
@@ -303,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"of {', '.join(CONFIGS)}; the first is "
                                                                      "the reference of the speed-ups")
     parser.add_argument("--phases", default="steps,detox")
+    parser.add_argument("--detox-configs", default="today,fastest", help="experts the detox phase trains and judges")
     parser.add_argument("--eval-prompts", type=int, default=200)
     parser.add_argument("--cache", type=Path, help="artifact cache (π₀, prompts, experts, judged samples); "
                                                      "default: a folder per profile under the temp directory")
@@ -316,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.profile, args.steps = "smoke", 2
-    args.configs = args.configs.split(",")
-    unknown = set(args.configs) - set(CONFIGS)
+    args.configs, args.detox_configs = args.configs.split(","), args.detox_configs.split(",")
+    unknown = set(args.configs + args.detox_configs) - set(CONFIGS)
     if unknown:
         parser.error(f"unknown configurations {sorted(unknown)}; choose from {', '.join(CONFIGS)}")
     cache_root = (args.cache or Path(tempfile.gettempdir()) / f"rl_step-{args.profile}" / "cache").resolve()

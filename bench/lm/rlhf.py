@@ -14,12 +14,14 @@ the base model is passed by *path* because TRL reloads the reference model from 
 With β = 0 TRL logs no KL; measure it on held-out prompts instead (the detox task does). With LoRA, TRL computes the
 reference log-probs with the adapters disabled, so no second model is loaded.
 
-Two opt-in speed settings (benchmarks/rl_step.py measures them): `precision="bf16"` runs the rollouts and every
+Opt-in speed settings (benchmarks/rl_step.py measures them): `precision="bf16"` runs the rollouts and every
 forward/backward under bf16 autocast (AMX on these CPUs) and, with LoRA, holds the frozen linear weights in bf16 while
 training (so π₀'s log-probs are those of its bf16 copy); adapters, optimiser state and the saved model (the adapters
 merged into π₀'s fp32 weights) stay fp32; and
 `gradient_checkpointing=False` keeps activations instead of recomputing them in the backward pass (TRL defaults to
-recomputing). Both join an artifact key only when set (`recipe_key`), so keys made before they existed stay valid.
+recomputing). A third, `rollouts="merged-bf16"`, samples the rollouts from a bfloat16 copy of the policy with its
+adapters merged, re-merged every step (bench/lm/rollouts.py); TRL still computes every log-prob. Each joins an
+artifact key only when set (`recipe_key`), so keys made before they existed stay valid.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.errors import BadInput, RuntimeFailure
+from bench.lm.rollouts import ROLLOUTS, merged_rollouts
 from bench.storage.artifacts import Artifact, ArtifactCache, atomic_write_json
 from bench.task import hash_texts
 
@@ -59,12 +62,15 @@ class Recipe:
     seed: int = 0
     precision: str = "fp32"  # "bf16": bf16 autocast of rollouts and forward/backward; weights stay fp32
     gradient_checkpointing: bool = True  # TRL's default; False keeps activations (faster, more memory)
+    rollouts: str = "trl"  # "merged-bf16": sampled from a bf16 copy with the adapters merged (bench/lm/rollouts.py)
 
     def validate(self) -> None:
         if self.algorithm not in ("rloo", "grpo"):
             raise BadInput(f"expert algorithm {self.algorithm!r} is not supported; use 'rloo' or 'grpo'.")
         if self.precision not in PRECISIONS:
             raise BadInput(f"RLHF precision {self.precision!r} is not supported; use one of {', '.join(PRECISIONS)}.")
+        if self.rollouts not in ROLLOUTS:
+            raise BadInput(f"RLHF rollouts {self.rollouts!r} are not supported; use one of {', '.join(ROLLOUTS)}.")
         if self.steps < 1 or self.prompts_per_step < 1 or self.generations < 2:
             raise BadInput("an RLHF recipe needs steps >= 1, prompts_per_step >= 1 and generations >= 2.")
         if self.beta < 0 or self.learning_rate <= 0:
@@ -74,7 +80,7 @@ class Recipe:
 PRECISIONS = ("fp32", "bf16")
 # Recipe fields added after experts and re-alignments were keyed by the whole recipe: each joins a key only when it
 # differs from its default, so every artifact keyed before it existed keeps its key.
-OPT_IN = ("precision", "gradient_checkpointing")
+OPT_IN = ("precision", "gradient_checkpointing", "rollouts")
 
 
 def recipe_key(recipe: Recipe) -> dict:
@@ -183,7 +189,9 @@ def train_policy(out: Path, base_dir: str, reward_fn, prompts: list[str], recipe
     else:
         from trl import GRPOConfig as Config
         from trl import GRPOTrainer as Trainer
-    if recipe.precision == "bf16":
+    if recipe.rollouts == "merged-bf16":  # its own bf16 network: no autocast around it
+        Trainer = merged_rollouts(Trainer, base_dir, recipe.seed)
+    elif recipe.precision == "bf16":
         Trainer = _bf16_rollouts(Trainer)
     args = Config(**common)
     peft_config = None

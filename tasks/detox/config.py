@@ -56,6 +56,10 @@ class DetoxConfig:
     rl_gradient_checkpointing: bool = param(True, tune=False,
                                             help="recompute activations in the RLHF backward pass (TRL's default); "
                                                  "False is faster; enters keys only when False")
+    rl_rollouts: str = param("trl", choices=["trl", "merged-bf16"], tune=False,
+                             help="'merged-bf16': RLHF rollouts sampled from a bf16 copy of the policy with its LoRA "
+                                  "adapters merged (bench/lm/rollouts.py; TRL still computes every log-prob); enters "
+                                  "keys only when not 'trl'")
     lora_r: int = param(16, low=0, high=512, tune=False, help="LoRA rank of the expert (0 = train all weights)")
     lora_alpha: int = param(32, low=1, high=1024, tune=False, help="LoRA alpha")
     feature_backbone: str = param("base", tune=False, help="'base', 'expert', a hub id or a directory")
@@ -130,8 +134,9 @@ def non_default(cfg: DetoxConfig, *names: str) -> dict:
 def recipe_settings(cfg: DetoxConfig) -> dict:
     """The expert's RLHF recipe (bench/lm/rlhf.py Recipe fields); re-alignment reuses it. The speed settings join
     it (and so the re-alignment setup's key) only when not at their defaults."""
-    speed = {{"rl_precision": "precision", "rl_gradient_checkpointing": "gradient_checkpointing"}[name]: value
-             for name, value in non_default(cfg, "rl_precision", "rl_gradient_checkpointing").items()}
+    names = {"rl_precision": "precision", "rl_gradient_checkpointing": "gradient_checkpointing",
+             "rl_rollouts": "rollouts"}
+    speed = {names[name]: value for name, value in non_default(cfg, *names).items()}
     return {"algorithm": cfg.rl_algorithm, "steps": cfg.rl_steps, "learning_rate": cfg.rl_lr,
             "beta": cfg.rl_beta, "prompts_per_step": cfg.rl_prompts_per_step, "generations": cfg.rl_generations,
             "max_completion_length": cfg.rl_max_new_tokens, "temperature": 1.0, "lora_r": cfg.lora_r,
