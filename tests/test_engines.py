@@ -35,6 +35,7 @@ from bench.lm.bf16 import (
     inverse_cdf,
     preallocate,
 )
+from bench.lm.compiled import CompiledSampler
 from bench.lm.engines import (
     BF16Engine,
     CTranslate2Engine,
@@ -245,10 +246,12 @@ def test_inverse_cdf_draws_each_token_with_its_probability():
     assert inverse_cdf(one_hot, torch.Generator().manual_seed(0)).tolist() == [299, 299]
 
 
-@pytest.fixture(scope="module")
-def bf16(trained):
+@pytest.fixture(scope="module", params=["linear", "compiled"])
+def bf16(trained, request):
+    """Each transformers-bf16 variant that should pass the sameness tests; `compiled` (bench/lm/compiled.py)
+    compiles two graphs here (8 and 64 rows), ~1 min on 2 cores."""
     model_dir, _, _ = trained
-    return make_engine("transformers-bf16").load(model_dir)
+    return make_engine("transformers-bf16", compute_type=request.param).load(model_dir)
 
 
 def test_loop_sampler_in_float32_gives_the_reference_greedy_completions(trained):
@@ -330,6 +333,22 @@ def test_preallocated_cache_gives_exactly_the_concatenating_caches_logits(traine
     grown, allocated = (LoopSampler(policy, model_dir, preallocate=flag) for flag in (False, True))
     assert grown.generate(PROMPTS, max_new_tokens=8, seed=3, n=4, batch_size=16) == \
         allocated.generate(PROMPTS, max_new_tokens=8, seed=3, n=4, batch_size=16)
+
+
+def test_compiled_loop_in_float32_gives_the_reference_greedy_completions_without_recompiling(trained):
+    """The compiled decoding step (static cache under a mask, padded last batch, grouped attention) on the float32
+    network: greedy completions identical to `Policy.generate`'s, over 3 batches whose last one has 2 rows of 8;
+    a second call with other prompts of the same cache shape runs the same graph (a recompilation would raise)."""
+    model_dir, policy, _ = trained
+    sampler = CompiledSampler(Policy.from_pretrained(model_dir), model_dir)
+    reference = policy.generate(PROMPTS, max_new_tokens=12, temperature=0, batch_size=8)
+    assert sampler.generate(PROMPTS, max_new_tokens=12, temperature=0, batch_size=8) == reference
+    assert list(sampler.compile_seconds) == [(8, 32)]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = sampler.generate(PROMPTS[::-1][:9], max_new_tokens=12, temperature=0, batch_size=8)
+    assert again == reference[::-1][:9]
+    with pytest.raises(BadInput, match="variant"):
+        make_engine("transformers-bf16", compute_type="compiled-model")
 
 
 def test_cast_memo_reuses_a_cast_only_for_the_same_unmodified_tensor():

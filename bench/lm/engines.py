@@ -45,12 +45,14 @@ from transformers import AutoTokenizer, GenerationConfig
 
 from bench.errors import BadInput, RuntimeFailure
 from bench.lm.bf16 import UNMATCHED_DEFAULTS, VARIANTS, LoopSampler, fast_bf16_hardware, to_bf16
+from bench.lm.compiled import CompiledSampler
 from bench.lm.policies import Policy, prompt_ids
 from bench.storage.artifacts import MANIFEST, ArtifactCache, content_hash, file_sha256
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("transformers", "transformers-bf16", "ctranslate2", "ctranslate2-int8", "auto")
+BF16_VARIANTS = (*VARIANTS, "compiled")
 DEFAULT = "transformers"
 
 
@@ -84,13 +86,14 @@ class TransformersEngine(Engine):
 
 class BF16Engine(Engine):
     """The reference model with its matrix products in bfloat16 (`variant`, bench/lm/bf16.py), sampled by
-    `LoopSampler`: the reference's prompts, batching, seeds and warpers, a cheaper draw."""
+    `LoopSampler`: the reference's prompts, batching, seeds and warpers, a cheaper draw. Variant `compiled` is
+    `linear` with its decoding step compiled by torch.compile (bench/lm/compiled.py)."""
 
     name = "transformers-bf16"
 
     def __init__(self, variant: str = "linear"):
-        if variant not in VARIANTS:
-            raise BadInput(f"bfloat16 variant {variant!r}; choose from: {', '.join(VARIANTS)}.")
+        if variant not in BF16_VARIANTS:
+            raise BadInput(f"bfloat16 variant {variant!r}; choose from: {', '.join(BF16_VARIANTS)}.")
         self.variant = variant
 
     def identity(self) -> dict:
@@ -98,8 +101,9 @@ class BF16Engine(Engine):
 
     def load(self, model_dir: str, chat: bool = False) -> LoopSampler:
         policy = Policy.from_pretrained(model_dir, chat=chat)
-        to_bf16(policy.model, self.variant)
-        return LoopSampler(policy, model_dir)
+        compiled = self.variant == "compiled"
+        to_bf16(policy.model, "linear" if compiled else self.variant)  # compiled: `linear`'s network
+        return (CompiledSampler if compiled else LoopSampler)(policy, model_dir)
 
 
 class CTranslate2Engine(Engine):
