@@ -12,16 +12,19 @@ order rotated by one per repeat. A run's figure is the median of its measured st
 [min–max] over repeats, and speed-ups are medians of per-repeat ratios.
 
 How a step is split: class-level wrappers around TRL's methods time, per optimiser step, `_generate` (generation:
-tokenise, sample, decode), the first and second no-grad `_get_per_token_logps_and_entropies` call of
-`_generate_and_score_completions` (the policy's log-probs, then the reference's: the same model with its LoRA
-adapters disabled), `_calculate_rewards` (the judge), `compute_loss` (forward), `training_step` minus
-`_prepare_inputs` and `compute_loss` (backward), and accelerate's `AcceleratedOptimizer.step` (optimiser). A step
-runs from the end of the previous one (the trainer's `on_step_end`) to its own end; "other" is what the parts leave
+tokenise, merge adapters for merged-bf16 rollouts, sample, decode), the first and second
+`_get_per_token_logps_and_entropies` call after it outside `compute_loss` (the policy's log-probs, then the
+reference's: the same model with its LoRA adapters disabled; with `one_policy_pass` the policy's pass runs with
+gradients and `compute_loss` reuses it, so its cost moves from forward to policy_logprobs), `_calculate_rewards`
+(the judge), `compute_loss` (forward), `training_step` minus `_prepare_inputs` and `compute_loss` (backward), and
+accelerate's `AcceleratedOptimizer.step` (optimiser). A step runs from the end of the previous one (the trainer's
+`on_step_end`) to its own end; "other" is what the parts leave
 (advantages, gradient clipping, scheduler, logging, data loading).
 
-detox: the expert trained by today's recipe and by the fastest one (the profile's recipe plus `fast`'s settings),
-both cached under the task's own key, judged with π₀ by both judges on the first --eval-prompts evaluation prompts
-(test split, then held-out prompts), k samples each, by bench/lm/outcomes.py; toxic rates with Wilson 95% CIs.
+detox: the experts of --detox-configs (default: today's recipe and the fastest one, the profile's recipe plus
+`one_pass`'s settings), each cached under the task's own key, judged with π₀ by both judges on the first
+--eval-prompts evaluation prompts (test split, then held-out prompts), k samples each, by bench/lm/outcomes.py; toxic
+rates with Wilson 95% CIs.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ CONFIGS = {  # name -> (Recipe speed settings, label)
     "merged": ({"rollouts": "merged-bf16"}, "fp32, checkpointing, merged-bf16 rollouts"),
     "fastest": ({"precision": "bf16", "gradient_checkpointing": False, "rollouts": "merged-bf16"},
                 "bf16 autocast, no checkpointing, merged-bf16 rollouts"),
+    "one_pass": ({"precision": "bf16", "gradient_checkpointing": False, "rollouts": "merged-bf16",
+                  "one_policy_pass": True}, "bf16 autocast, no checkpointing, merged-bf16 rollouts, one policy pass"),
 }
 PARTS = ("generation", "policy_logprobs", "reference_logprobs", "reward", "forward", "backward", "optimiser", "other")
 
@@ -83,12 +88,11 @@ def task_pieces(profile: str, cache_root: Path) -> dict:
 @contextlib.contextmanager
 def step_timer(steps: list[dict]):
     """Wrap TRL's and accelerate's methods (class level) so that each optimiser step's parts land in `steps`."""
-    import torch
     from accelerate.optimizer import AcceleratedOptimizer
     from trl import RLOOTrainer
 
     current: dict = defaultdict(float)  # part -> wall seconds; "cpu:" + part -> CPU seconds of this thread
-    state = {"no_grad_calls": 0}
+    state = {"logprob_calls": 0, "running": []}
     originals = []
 
     def wrap(cls, name, part):
@@ -97,9 +101,13 @@ def step_timer(steps: list[dict]):
 
         def timed(*args, **kwargs):
             started, cpu = time.perf_counter(), time.thread_time()
+            state["running"].append(name)
+            if name == "_generate":
+                state["logprob_calls"] = 0
             try:
                 return original(*args, **kwargs)
             finally:
+                state["running"].pop()
                 key = part() if callable(part) else part
                 if key:
                     current[key] += time.perf_counter() - started
@@ -108,10 +116,10 @@ def step_timer(steps: list[dict]):
         setattr(cls, name, timed)
 
     def logprob_part():
-        if torch.is_grad_enabled():
-            return None  # inside compute_loss: counted as forward
-        state["no_grad_calls"] += 1
-        return "policy_logprobs" if state["no_grad_calls"] % 2 == 1 else "reference_logprobs"
+        if "compute_loss" in state["running"]:
+            return None  # counted as forward
+        state["logprob_calls"] += 1  # since the generation: the policy's, then the reference's
+        return "policy_logprobs" if state["logprob_calls"] == 1 else "reference_logprobs"
 
     wrap(RLOOTrainer, "_generate", "generation")
     wrap(RLOOTrainer, "_get_per_token_logps_and_entropies", logprob_part)
@@ -307,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"of {', '.join(CONFIGS)}; the first is "
                                                                      "the reference of the speed-ups")
     parser.add_argument("--phases", default="steps,detox")
-    parser.add_argument("--detox-configs", default="today,fastest", help="experts the detox phase trains and judges")
+    parser.add_argument("--detox-configs", default="today,one_pass", help="experts the detox phase trains and judges")
     parser.add_argument("--eval-prompts", type=int, default=200)
     parser.add_argument("--cache", type=Path, help="artifact cache (π₀, prompts, experts, judged samples); "
                                                      "default: a folder per profile under the temp directory")

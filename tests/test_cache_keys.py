@@ -200,7 +200,7 @@ def variations(local_lm: Path) -> dict:
             "max_new_tokens": 5, "temperature": 0.9, "top_p": 0.9, "gen_batch_size": 32, "gen_engine": "ctranslate2",
             "rl_algorithm": "grpo", "rl_steps": 2, "rl_lr": 1e-3, "rl_beta": 0.2, "rl_prompts_per_step": 3,
             "rl_generations": 3, "rl_max_new_tokens": 5, "rl_precision": "bf16", "rl_gradient_checkpointing": False,
-            "rl_rollouts": "merged-bf16",
+            "rl_rollouts": "merged-bf16", "rl_one_policy_pass": True,
             "lora_r": 4, "lora_alpha": 16, "feature_backbone": "expert",
             "feature_max_length": 40, "tiny_steps": 11, "eval_prompts": "test", "eval_max_prompts": 9,
             "eval_samples": 2, "eval_batch_size": 8, "bon_samples": 3, "data_seed": 1}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -167,3 +168,38 @@ def test_train_policy_samples_its_rollouts_from_the_merged_copy(tiny_lm_dir, tmp
         assert all(1 <= len(row) <= 5 and eos not in row[:-1] for row in completions)
     assert runs[0] == runs[1]  # seeded: the same recipe gives the same rollouts
     assert json.loads((tmp_path / "0" / "recipe.json").read_text())["rollouts"] == "merged-bf16"
+
+
+def test_one_policy_pass_trains_the_same_weights_with_one_forward_less(tiny_lm_dir, tmp_path, monkeypatch):
+    """bench/lm/policy_pass.py: the loss reuses the reward's policy pass; same log-probs, KL, loss and weights."""
+    from trl import RLOOTrainer
+
+    no_dropout = tmp_path / "lm"  # dropout would make any two passes differ
+    shutil.copytree(tiny_lm_dir, no_dropout)
+    config = json.loads((no_dropout / "config.json").read_text())
+    (no_dropout / "config.json").write_text(json.dumps({**config, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+                                                        "attn_pdrop": 0.0}))
+    forwards = []
+    original = RLOOTrainer._get_per_token_logps_and_entropies
+
+    def counted(self, *args, **kwargs):
+        forwards.append(torch.is_grad_enabled())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RLOOTrainer, "_get_per_token_logps_and_entropies", counted)
+    trained, logs = {}, {}
+    for one_pass in (False, True):
+        forwards.clear()
+        recipe = rlhf.Recipe(steps=2, learning_rate=1e-2, beta=0.1, prompts_per_step=2, generations=2,
+                             max_completion_length=5, lora_r=4, lora_alpha=8, one_policy_pass=one_pass)
+        out = tmp_path / str(one_pass)
+        logged = rlhf.train_policy(out, str(no_dropout), lambda p, c: [float(len(x)) for x in c], PROMPTS[:4], recipe)
+        logs[one_pass] = [row[k] for row in logged for k in ("loss", "kl", "entropy", "grad_norm")]
+        trained[one_pass] = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
+        # per step: policy (no grad), reference (no grad), loss (grad); fused: policy (grad), reference only
+        assert forwards == ([False, False, True] * 2 if not one_pass else [True, False] * 2)
+    assert logs[True] == pytest.approx(logs[False], rel=1e-5, abs=1e-7)
+    assert all(torch.allclose(trained[True][k], v, atol=1e-6) for k, v in trained[False].items())
+    assert rlhf.recipe_key(rlhf.Recipe(one_policy_pass=True))["one_policy_pass"] is True
+    with pytest.raises(BadInput, match="RLOO only"):
+        rlhf.recipe_from({"algorithm": "grpo", "one_policy_pass": True})

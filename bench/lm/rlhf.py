@@ -20,8 +20,10 @@ training (so π₀'s log-probs are those of its bf16 copy); adapters, optimiser 
 merged into π₀'s fp32 weights) stay fp32; and
 `gradient_checkpointing=False` keeps activations instead of recomputing them in the backward pass (TRL defaults to
 recomputing). A third, `rollouts="merged-bf16"`, samples the rollouts from a bfloat16 copy of the policy with its
-adapters merged, re-merged every step (bench/lm/rollouts.py); TRL still computes every log-prob. Each joins an
-artifact key only when set (`recipe_key`), so keys made before they existed stay valid.
+adapters merged, re-merged every step (bench/lm/rollouts.py); TRL still computes every log-prob. A fourth,
+`one_policy_pass=True`, lets RLOO's loss reuse the policy pass made for the KL-penalised reward instead of repeating
+it (bench/lm/policy_pass.py; the same numbers). Each joins an artifact key only when set (`recipe_key`), so keys
+made before they existed stay valid.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.errors import BadInput, RuntimeFailure
+from bench.lm.policy_pass import one_policy_pass
 from bench.lm.rollouts import ROLLOUTS, merged_rollouts
 from bench.storage.artifacts import Artifact, ArtifactCache, atomic_write_json
 from bench.task import hash_texts
@@ -63,6 +66,7 @@ class Recipe:
     precision: str = "fp32"  # "bf16": bf16 autocast of rollouts and forward/backward; weights stay fp32
     gradient_checkpointing: bool = True  # TRL's default; False keeps activations (faster, more memory)
     rollouts: str = "trl"  # "merged-bf16": sampled from a bf16 copy with the adapters merged (bench/lm/rollouts.py)
+    one_policy_pass: bool = False  # RLOO: the loss reuses the reward's policy pass (bench/lm/policy_pass.py)
 
     def validate(self) -> None:
         if self.algorithm not in ("rloo", "grpo"):
@@ -71,6 +75,8 @@ class Recipe:
             raise BadInput(f"RLHF precision {self.precision!r} is not supported; use one of {', '.join(PRECISIONS)}.")
         if self.rollouts not in ROLLOUTS:
             raise BadInput(f"RLHF rollouts {self.rollouts!r} are not supported; use one of {', '.join(ROLLOUTS)}.")
+        if self.one_policy_pass and self.algorithm != "rloo":
+            raise BadInput("one_policy_pass applies to RLOO only (GRPO makes one policy pass already); unset it.")
         if self.steps < 1 or self.prompts_per_step < 1 or self.generations < 2:
             raise BadInput("an RLHF recipe needs steps >= 1, prompts_per_step >= 1 and generations >= 2.")
         if self.beta < 0 or self.learning_rate <= 0:
@@ -80,7 +86,7 @@ class Recipe:
 PRECISIONS = ("fp32", "bf16")
 # Recipe fields added after experts and re-alignments were keyed by the whole recipe: each joins a key only when it
 # differs from its default, so every artifact keyed before it existed keeps its key.
-OPT_IN = ("precision", "gradient_checkpointing", "rollouts")
+OPT_IN = ("precision", "gradient_checkpointing", "rollouts", "one_policy_pass")
 
 
 def recipe_key(recipe: Recipe) -> dict:
@@ -193,6 +199,8 @@ def train_policy(out: Path, base_dir: str, reward_fn, prompts: list[str], recipe
         Trainer = merged_rollouts(Trainer, base_dir, recipe.seed)
     elif recipe.precision == "bf16":
         Trainer = _bf16_rollouts(Trainer)
+    if recipe.one_policy_pass:
+        Trainer = one_policy_pass(Trainer)
     args = Config(**common)
     peft_config = None
     if recipe.lora_r > 0:

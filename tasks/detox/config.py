@@ -60,6 +60,9 @@ class DetoxConfig:
                              help="'merged-bf16': RLHF rollouts sampled from a bf16 copy of the policy with its LoRA "
                                   "adapters merged (bench/lm/rollouts.py; TRL still computes every log-prob); enters "
                                   "keys only when not 'trl'")
+    rl_one_policy_pass: bool = param(False, tune=False,
+                                     help="RLOO's loss reuses the policy pass made for the KL-penalised reward instead "
+                                          "of a second forward (bench/lm/policy_pass.py); enters keys only when True")
     lora_r: int = param(16, low=0, high=512, tune=False, help="LoRA rank of the expert (0 = train all weights)")
     lora_alpha: int = param(32, low=1, high=1024, tune=False, help="LoRA alpha")
     feature_backbone: str = param("base", tune=False, help="'base', 'expert', a hub id or a directory")
@@ -135,7 +138,7 @@ def recipe_settings(cfg: DetoxConfig) -> dict:
     """The expert's RLHF recipe (bench/lm/rlhf.py Recipe fields); re-alignment reuses it. The speed settings join
     it (and so the re-alignment setup's key) only when not at their defaults."""
     names = {"rl_precision": "precision", "rl_gradient_checkpointing": "gradient_checkpointing",
-             "rl_rollouts": "rollouts"}
+             "rl_rollouts": "rollouts", "rl_one_policy_pass": "one_policy_pass"}
     speed = {names[name]: value for name, value in non_default(cfg, *names).items()}
     return {"algorithm": cfg.rl_algorithm, "steps": cfg.rl_steps, "learning_rate": cfg.rl_lr,
             "beta": cfg.rl_beta, "prompts_per_step": cfg.rl_prompts_per_step, "generations": cfg.rl_generations,
