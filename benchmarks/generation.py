@@ -1,7 +1,8 @@
 """Sampling speed of the generation engines (bench/lm/engines.py) on SmolLM2-135M-Instruct, side by side in one
 run: transformers' per-prompt loop, the reference batched transformers path (`Policy.generate`), transformers-bf16
 (bench/lm/bf16.py: variants `linear` and `model`, and to separate its two parts, the bfloat16 network under
-`Policy.generate` and the float32 network under its decoding loop) and CTranslate2 int8 (float32 with
+`Policy.generate` and the float32 network under its decoding loop; bench/lm/compiled.py: variant `compiled`, its
+one-off compilation timed apart, before the repeats) and CTranslate2 int8 (float32 with
 --ct2-float32). Plus, on the samples of all repeats, a check that the engines sample the reference's distribution
 on the real model: greedy agreement (and where a completion differs, the first differing token and the reference's
 log-prob gap there), reference log-probs of the samples (Mann-Whitney against the reference's samples), the
@@ -55,6 +56,7 @@ def configurations(policy, engines: dict, loop_prompts: int, samples: int, token
         "transformers-bf16 linear (16)": ("bf16 linear", 16, batched(engines["bf16 linear"], 16)),
         "transformers-bf16 linear (64)": ("bf16 linear", 64, batched(engines["bf16 linear"], 64)),
         "transformers-bf16 model (64)": ("bf16 model", 64, batched(engines["bf16 model"], 64)),
+        "transformers-bf16 compiled (64)": ("bf16 compiled", 64, batched(engines["bf16 compiled"], 64)),
         "transformers-bf16 linear as of 2026-12-03 (64)": ("bf16 previous", 64, batched(engines["bf16 previous"], 64)),
         "bf16 linear under Policy.generate (64)": ("bf16 linear", 64, batched(engines["bf16 hf"], 64)),
         "float32 under the bf16 engine's loop (64)": ("fp32 loop", 64, batched(engines["fp32 loop"], 64)),
@@ -67,7 +69,7 @@ def configurations(policy, engines: dict, loop_prompts: int, samples: int, token
 
 ENGINE_ROWS = (f"{REFERENCE} (16)", f"{REFERENCE} (64)", "transformers-bf16 linear (16)",
                "transformers-bf16 linear (64)", "transformers-bf16 model (64)",
-               "transformers-bf16 linear as of 2026-12-03 (64)")
+               "transformers-bf16 linear as of 2026-12-03 (64)", "transformers-bf16 compiled (64)")
 
 
 def previous_bf16(sampler):
@@ -137,6 +139,16 @@ def main() -> None:
         clock = time.perf_counter()
         engines[f"bf16 {variant}"] = make_engine("transformers-bf16", compute_type=variant).load(model_dir)
         setup[f"transformers_bf16_{variant}_load"] = round(time.perf_counter() - clock, 1)
+    clock = time.perf_counter()
+    engines["bf16 compiled"] = compiled = make_engine("transformers-bf16", compute_type="compiled").load(model_dir)
+    setup["transformers_bf16_compiled_load"] = round(time.perf_counter() - clock, 1)
+    # One-off: the first call of the timed workload's shape compiles the decoding step (bench/lm/compiled.py).
+    clock = time.perf_counter()
+    compiled.generate(prompts, max_new_tokens=args.tokens, seed=10**6, n=args.samples, batch_size=64)
+    setup["transformers_bf16_compiled_first_call (compilation included)"] = round(time.perf_counter() - clock, 1)
+    for (rows, capacity), took in compiled.compile_seconds.items():
+        setup[f"transformers_bf16_compiled_first_step ({rows} rows x {capacity} positions: the compilation)"] = \
+            round(took, 1)
     engines["bf16 previous"] = previous_bf16(make_engine("transformers-bf16").load(model_dir))
     engines["bf16 hf"] = to_bf16_policy = Policy.from_pretrained(model_dir)
     to_bf16(to_bf16_policy.model, "linear")
