@@ -53,7 +53,8 @@ def decode_attention(module, query, key, value, attention_mask, dropout: float =
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     rows, heads, _, dim = query.shape
-    kv_heads = key.shape[1]
+    kv_heads, width = key.shape[1], attention_mask.shape[-1]
+    key, value = key[:, :, :width], value[:, :, :width]  # the filled columns of a static cache
     grouped = query.reshape(rows, kv_heads, heads // kv_heads, dim)
     scores = torch.matmul(grouped, key.transpose(-1, -2)) * (dim**-0.5 if scaling is None else scaling)
     scores = scores.masked_fill(~attention_mask.reshape(rows, 1, 1, -1), float("-inf"))
@@ -169,16 +170,20 @@ class CompiledSampler(LoopSampler):
             layer.cumulative_length.fill_(length)
         return cache
 
-    def _step(self, token: torch.Tensor, mask: torch.Tensor, cache: StaticCache) -> torch.Tensor:
-        """The compiled step's logits; the first call of a shape compiles (timed in `compile_seconds`)."""
+    def _step(self, token: torch.Tensor, mask: torch.Tensor, width: int, cache: StaticCache) -> torch.Tensor:
+        """The compiled step's logits, attending to the first `width` columns of the cache under `mask`; the first
+        call of a shape compiles (timed in `compile_seconds`)."""
         # Freezing (weights as constants, packed for oneDNN) is read when the graph compiles; torch.compile's
         # per-call `options` do not reach it (torch 2.13: the graph then multiplies with aten::mm), this patch does.
         import torch._inductor.config as inductor_config  # loads inductor only where the variant is used
 
         clock = time.perf_counter()
+        window = mask[:, None, None, :width].bool()  # transformers passes a 4-D mask through as it is
+        # One graph for every width; widths stop short of the capacity (which holds prompt + max_new_tokens).
+        torch._dynamo.mark_dynamic(window, 3, min=2, max=mask.shape[1] - 1)
         with inductor_config.patch(freezing=True):
-            out = self.step(input_ids=token[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
-                            cache=cache, use_cache=True)
+            out = self.step(input_ids=token[:, None], attention_mask=window,
+                            position_ids=mask.sum(-1, keepdim=True) - 1, cache=cache, use_cache=True)
         self.compile_seconds.setdefault(tuple(mask.shape), time.perf_counter() - clock)
         return out.logits
 
@@ -213,5 +218,5 @@ class CompiledSampler(LoopSampler):
             if step == max_new_tokens - 1 or bool(done.all()):
                 break
             full[:, length + step] = 1
-            logits = self._step(token, full, cache)[:real, -1].float()
+            logits = self._step(token, full, length + step + 1, cache)[:real, -1].float()
         return torch.stack(tokens, 1).tolist()
