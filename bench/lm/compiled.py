@@ -4,13 +4,14 @@ KV cache float32), its one-token decoding step compiled by torch.compile (induct
 
 What the graph changes, and why it does not recompile:
     * the KV cache is a transformers `StaticCache` of fixed capacity (rows x `capacity` positions), allocated once
-      per shape and reused by every batch of that shape; each step writes one column in place and attends to all
-      columns under the 2-D attention mask (unfilled columns are masked), so every step has the same shapes and
-      the graph is compiled once per (rows, capacity). The capacity is the longest prompt of the `generate` call
-      plus `max_new_tokens`, rounded up to a multiple of `ROUND`; a last batch with fewer rows is padded with
-      inert rows (their tokens are never drawn).
-    * casts, RMSNorm, RoPE, SiLU and residual sums are fused into a few C++ loops per layer, and the weights are
-      frozen into oneDNN's packed layout by inductor (`freezing`), as bench/lm/bf16.py `pack` does by hand.
+      per shape and reused by every batch of that shape; each step writes one column in place. Attention reads
+      only the filled columns: the step gets a 4-D mask of the filled width, marked dynamic, so one graph serves
+      every width and the graph is compiled once per (rows, capacity). The capacity is the longest prompt of the
+      `generate` call plus `max_new_tokens`, rounded up to a multiple of `ROUND`; a last batch with fewer rows is
+      padded with inert rows (their tokens are never drawn).
+    * casts, RMSNorm, RoPE, SiLU and residual sums are fused into a few C++ loops per layer; the products use the
+      layers' own oneDNN-packed weights (bench/lm/bf16.py `pack`) through one opaque operator,
+      `packed_bf16_linear`.
     * attention of the one new query row is two batched products over the key/value heads (`decode_attention`):
       grouped-query heads share their keys without transformers' `repeat_kv` copies, and the CPU flash kernel's
       tiling (made for long queries) is skipped. Prompts (several query rows) keep transformers' SDPA attention.
@@ -20,8 +21,8 @@ one uniform per real row from the batch's generator, so the random stream is the
 compiled graph computes the same function as `linear` up to float rounding order (fused reductions), which
 tests/test_engines.py checks: on the float32 network the compiled loop gives the reference's greedy completions.
 
-Compiling SmolLM2-135M takes about 1-2 minutes on one loaded core (benchmarks/results/generation.md), once per
-process and shape; inductor caches its kernels on disk (torch's FX graph cache), which shortens later processes.
+Compiling SmolLM2-135M's step takes 40-60 s on one core (benchmarks/results/generation.md), once per process and
+shape; inductor caches its kernels on disk (torch's FX graph cache), which shortens later processes.
 """
 
 from __future__ import annotations

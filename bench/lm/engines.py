@@ -7,7 +7,9 @@ enters a metric is still computed by the reference model (bench/lm/policies.py `
                        (preallocated KV cache, shared casts, packed weights). On a CPU with AMX, 2.36x transformers
                        at batch 64 (1.23x the engine as first committed, side by side; `model` 3.1x); reference
                        log-probs of its samples match (Mann-Whitney p = 0.73 as first committed), greedy completions
-                       differ only after near-ties (< 0.15 nats)
+                       differ only after near-ties (< 0.15 nats). Variant `compiled` (bench/lm/compiled.py) compiles
+                       `linear`'s decoding step with torch.compile: 3.73x transformers at batch 64 where `linear` was
+                       3.17x (same run, quiet host), p = 0.64; a one-off compilation of 20-60 s per process and shape
     ctranslate2        the same HF directory converted once by CTranslate2 (cached artifact `ct2_model`, keyed by
                        the directory's content hash and the quantisation), float32, sampled by `ctranslate2.Generator`:
                        1.16x transformers at batch 16, 0.85x at 64
