@@ -162,6 +162,10 @@ def headline(name: str, r: dict) -> str:
             rows = (r.get("backbone") or r)["rows"]
             return "; ".join(f"{row['head']} {row['slowdown_vs_linear']:.0f}× linear s/epoch" for row in rows
                              if row["head"] != "linear") + (f" ({r['backbone']['model']})" if r.get("backbone") else "")
+        if name == "rl_step":
+            # the fastest configuration, in CPU seconds (wall seconds on a shared host measure the queue for a core)
+            best = max(r["steps"]["configs"].values(), key=lambda c: c["cpu:speedup_vs_today"]["median"])
+            return f"{best['label']}: {best['cpu:speedup_vs_today']['median']}× today's CPU s per RLOO step"
         if name == "ray_overhead":
             return f"Ray Tune {r['tune_over_sequential']}× in-process sequential, {r['fits']} fits"
         if name == "synthetic_worlds":
