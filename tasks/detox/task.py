@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from bench.data import TaskData, TaskRef
 from bench.lm.judges import JudgeReward, make_judge
+from bench.lm.logprob_memo import memoised
 from bench.lm.policies import Policy
 from bench.lm.realign_trial import REALIGNMENT
 from bench.progress import Stages
@@ -48,5 +49,8 @@ class Detox(Task):
     def policies(self, data: TaskRef) -> dict:
         cache = ArtifactCache(data.cache_root)
         info = cache.load("policies", data.artifacts["policies"]).read_json("policies.json")
-        return {"base": Policy.from_pretrained(cache.locate(info["base"])),
-                "expert": Policy.from_pretrained(cache.locate(info["expert"])), "beta": info.get("beta")}
+        # Their summed log-probs are memoised in the cache (bench/lm/logprob_memo.py): every seed of the implicit
+        # reward scores the same items, so only the first computes them.
+        base, expert = cache.locate(info["base"]), cache.locate(info["expert"])
+        return {"base": memoised(Policy.from_pretrained(base), cache, base),
+                "expert": memoised(Policy.from_pretrained(expert), cache, expert), "beta": info.get("beta")}
