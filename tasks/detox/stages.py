@@ -225,7 +225,8 @@ def realign_setup(b: Build) -> None:
         train_prompts=b.splits["train"], bon_prompts=b.splits["test"], reward_scale=spread["std"],
         reward_scale_source=spread["source"], judges={name: spec for name, (spec, _) in b.judges.items()},
         eval={"prompts": b.eval_prompts, "k": cfg.eval_samples, "max_new_tokens": cfg.max_new_tokens,
-              "seed": cfg.data_seed, "batch_size": cfg.eval_batch_size},
+              "seed": cfg.data_seed, "batch_size": cfg.eval_batch_size,
+              **({"engine": cfg.gen_engine} if cfg.gen_engine != DEFAULT_ENGINE else {})},  # keyed only when set
         evaluations={role: b.artifacts[f"eval_{role}"].key for role in ("base", "expert")},
         bon_pool=b.artifacts["bon_pool"].key).to_json()
     b.artifacts["rerlhf"] = b.cache.get_or_build("rerlhf_setup", setup,
