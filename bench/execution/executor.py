@@ -86,7 +86,7 @@ def failure_cause(trial) -> str:
     import ray.exceptions  # Ray itself only where trials run
 
     try:
-        error = trial.get_pickled_error()
+        error = _pickled_error(trial)
     except Exception as exc:  # EOFError: Ray's own error file was cut short, e.g. by a full disk
         return (f"the trial failed and Ray could not read back its error ({type(exc).__name__} reading "
                 f"{trial.pickled_error_file}; is the disk full?)")
@@ -98,6 +98,18 @@ def failure_cause(trial) -> str:
     if error is None:
         return "the trial failed without an error Ray could store"
     return f"{type(error).__name__}: {error}"
+
+
+def _pickled_error(trial):
+    """The error Tune pickled for a failed trial. Tune writes it into the driver's staging directory just before it
+    calls on_trial_error and copies it to the storage path only at the next sync, so read the staged file first."""
+    import ray.cloudpickle as cloudpickle
+
+    staged = trial.pickled_error_file
+    if staged and Path(staged).exists():
+        with open(staged, "rb") as fh:
+            return cloudpickle.load(fh)
+    return trial.get_pickled_error()
 
 
 def _trainable(trial_fn: TrialFn):
