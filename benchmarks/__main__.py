@@ -35,6 +35,11 @@ class Part:
     on_gpu: bool = False  # benchmarks/gpu.sh measures it on the GPU machine
     args: Callable[[Path, bool], list[str]] | None = None  # default: --out OUT [--quick], those the part takes
     manual: str = ""  # why the suite cannot run it (it is indexed all the same)
+    module: str = ""  # the module it runs, when not its own name (two parts measure two profiles with one script)
+
+    @property
+    def script(self) -> str:
+        return self.module or self.name
 
 
 def detox_args(out: Path, quick: bool) -> list[str]:
@@ -42,6 +47,13 @@ def detox_args(out: Path, quick: bool) -> list[str]:
     `bench run` phase gives trials no GPU share (benchmarks/gpu.sh runs that phase itself, with one)."""
     work = tempfile.mkdtemp(prefix="benchmarks-detox-")
     return ["--workdir", work, "--profile", "smoke" if quick else "default", "--seeds", "1"]
+
+
+def detox_fast_args(out: Path, quick: bool) -> list[str]:
+    """The mission's command as a fresh user types it, on the fast profile: `bench run` on an empty cache (assets
+    fetched, the task built, every trial and one re-alignment per method), then the same command again."""
+    work = tempfile.mkdtemp(prefix="benchmarks-detox-fast-")
+    return ["--workdir", work, "--profile", "smoke" if quick else "fast", "--seeds", "1", "--phases", "run,rerun"]
 
 
 PARTS = {p.name: p for p in [
@@ -56,6 +68,9 @@ PARTS = {p.name: p for p in [
          heavy=True),
     Part("detox_default", "cold and warm wall time and peak memory of the detox build per stage, and of bench run "
                           "--methods all --task detox", heavy=True, on_gpu=True, args=detox_args),
+    Part("detox_fast", "bench run --methods all --task detox --profile fast --seeds 1 on an empty cache (assets, "
+                       "build, trials, one re-RLHF per method), then rerun warm: wall time and peak memory",
+         heavy=True, args=detox_fast_args, module="detox_default"),
     Part("reward_model_classes", "IRL fit s/epoch: linear head on cached features vs the LM's top blocks training "
                                  "(forward/backward through the backbone)", heavy=True,
          args=lambda out, quick: ["--out", str(out)] + (["--epochs", "3", "--heads", "linear,lm_top1"] if quick
@@ -98,10 +113,11 @@ def run_part(part: Part, results: Path, quick: bool, timeout: float | None) -> d
     """Run one part as `python -m benchmarks.<name>`; its wall time and exit status (or why it was skipped)."""
     if part.manual:
         return {"status": "skipped", "why": part.manual}
-    if not (HERE / f"{part.name}.py").exists():
-        return {"status": "skipped", "why": f"benchmarks/{part.name}.py is not there yet"}
+    if not (HERE / f"{part.script}.py").exists():
+        return {"status": "skipped", "why": f"benchmarks/{part.script}.py is not there yet"}
     out = results / part.name
-    command = [sys.executable, "-m", f"benchmarks.{part.name}", *(part.args or default_args(part.name))(out, quick)]
+    command = [sys.executable, "-m", f"benchmarks.{part.script}",
+               *(part.args or default_args(part.script))(out, quick)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     print(f"== {part.name}: {' '.join(command[1:])}", flush=True)
@@ -112,7 +128,7 @@ def run_part(part: Part, results: Path, quick: bool, timeout: float | None) -> d
         code = "timeout"
     record = {"status": "ok" if code == 0 else f"failed ({code})", "seconds": round(time.time() - began, 1),
               "command": " ".join(command[1:]), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if code == 0 and part.name == "detox_default":  # it reports into its work directory
+    if code == 0 and part.script == "detox_default":  # it reports into its work directory
         work, profile = command[command.index("--workdir") + 1], command[command.index("--profile") + 1]
         report = Path(work) / f"benchmark-{profile}.json"
         shutil.copyfile(report, out.with_suffix(".json"))
@@ -138,10 +154,17 @@ def detox_markdown(r: dict) -> str:
             lines += [f"## {phase.replace('_', ' ')}: {b['wall_seconds']} s wall, peak {b['peak_tree_rss_mb']} MB", "",
                       "| stage | seconds |", "|---|---|"]
             lines += [f"| {s['stage']} | {s['seconds']} |" for s in b.get("stages", [])] + [""]
-    run = r.get("bench_run")
-    if run:
-        lines += [f"`bench run --methods all --task detox`: {run['seconds']} s wall, peak {run['peak_tree_rss_mb']} "
-                  f"MB, exit {run['returncode']}.", ""]
+    for key, what in (("bench_run", "`bench run --methods all --task detox`"),
+                      ("bench_rerun", "the same command again (everything cached)")):
+        run = r.get(key)
+        if run:
+            lines += [f"{what}: {run['seconds']} s wall, peak {run['peak_tree_rss_mb']} MB, exit "
+                      f"{run['returncode']}.", ""]
+    costs = r.get("rerlhf_per_method") or {}
+    if costs:
+        lines += ["| re-alignment | trial s | RL training s | worker peak MB |", "|---|---|---|---|"]
+        lines += [f"| {name} | {c.get('trial_seconds')} | {c.get('train_seconds')} | {c.get('worker_peak_rss_mb')} |"
+                  for name, c in costs.items()] + [""]
     return "\n".join(lines)
 
 
@@ -173,6 +196,9 @@ def headline(name: str, r: dict) -> str:
         if name == "detox_default":
             return (f"cold build {r['build_cold']['wall_seconds']:.0f} s vs warm {r['build_warm']['wall_seconds']:.0f} "
                     f"s ({r['build_cold']['wall_seconds'] / r['build_warm']['wall_seconds']:.0f}×)")
+        if name == "detox_fast":
+            return (f"cold {r['bench_run']['seconds'] / 60:.0f} min, warm rerun {r['bench_rerun']['seconds']:.0f} s, "
+                    f"peak {r['bench_run']['peak_tree_rss_mb'] / 1024:.1f} GB")
         if name == "generation_ortgenai":
             return "; ".join(f"{k} {v['speedup_vs_transformers_batched']['median']}× batched transformers"
                              for k, v in r.items() if isinstance(v, dict) and "speedup_vs_transformers_batched" in v
