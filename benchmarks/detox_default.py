@@ -6,7 +6,8 @@
         [--phases cold,warm,run,rerun] [--rerlhf-methods all]
 
 `run` on an empty WORKDIR measures the command cold, as a fresh user meets it (assets fetched, task built);
-`rerun` runs the same command again, everything cached: the warm rerun. Each phase updates WORKDIR/benchmark-<profile>.json and keeps what earlier invocations measured for the others.
+`rerun` runs the same command again, everything cached: the warm rerun. Each phase updates
+WORKDIR/benchmark-<profile>.json and keeps what earlier invocations measured for the others.
 
 Stage times come from the task's progress callback: a stage's time runs from the end of the previous stage to
 the end of this one, so model loads are charged to the stage that needs them. Peak memory is the maximum resident
@@ -130,8 +131,8 @@ def main() -> int:
     if "run" in phases:
         measured = run_measured(command, work, env)
         report["bench_run"] = {k: v for k, v in measured.items() if k != "output_tail"}
-        print(f"bench run --seeds {args.seeds} (task build unless cached, trials, re-alignments, leaderboard): {measured['seconds']} s wall, "
-              f"peak {measured['peak_tree_rss_mb']} MB, exit {measured['returncode']}")
+        print(f"bench run --seeds {args.seeds} (task build unless cached, trials, re-alignments, leaderboard): "
+              f"{measured['seconds']} s wall, peak {measured['peak_tree_rss_mb']} MB, exit {measured['returncode']}")
         print(measured["output_tail"])
         if measured["returncode"] != 0:
             return 1
