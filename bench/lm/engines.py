@@ -245,7 +245,9 @@ class CT2Sampler:
         its worker thread seeds from the global seed at first use, so only fresh workers can be reseeded: each
         `generate` call loads the model anew (~0.3 s for SmolLM2 in int8, ~1.5 s in float32)."""
         self.ctranslate2.set_random_seed(seed % 2**32)
-        return self.ctranslate2.Generator(self.converted, device="cpu", compute_type=self.compute_type,
+        # The device is chosen at run time: PyPI's CTranslate2 wheels run on CUDA where a GPU is visible.
+        device = "cuda" if self.ctranslate2.get_cuda_device_count() > 0 else "cpu"
+        return self.ctranslate2.Generator(self.converted, device=device, compute_type=self.compute_type,
                                           intra_threads=torch.get_num_threads(), inter_threads=1)
 
     def generate(self, prompts: list[str], max_new_tokens: int = 32, temperature: float = 1.0, top_p: float = 1.0,
