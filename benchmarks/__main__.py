@@ -160,11 +160,16 @@ def detox_markdown(r: dict) -> str:
         if run:
             lines += [f"{what}: {run['seconds']} s wall, peak {run['peak_tree_rss_mb']} MB, exit "
                       f"{run['returncode']}.", ""]
+    phases = r.get("phases_seconds") or {}
+    if phases:
+        lines += ["| phase of the cold run | seconds |", "|---|---|"]
+        lines += [f"| {name} | {seconds} |" for name, seconds in phases.items()] + [""]
     costs = r.get("rerlhf_per_method") or {}
     if costs:
         lines += ["| re-alignment | trial s | RL training s | worker peak MB |", "|---|---|---|---|"]
         lines += [f"| {name} | {c.get('trial_seconds')} | {c.get('train_seconds')} | {c.get('worker_peak_rss_mb')} |"
                   for name, c in costs.items()] + [""]
+    lines += [f"- {note}" for note in r.get("notes", [])]
     return "\n".join(lines)
 
 
