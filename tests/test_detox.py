@@ -231,7 +231,7 @@ def test_bench_run_smoke_writes_a_leaderboard_with_every_method(smoke, tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "IRL_BENCH_CACHE": str(cache.root)}
     # Re-RLHF for three rows (each is an RLHF run; CI time): the reference, the null and one IRL method.
     command = [*BENCH, "run", "--methods", "all", "--task", "detox", "--profile", "smoke", "--seeds", "2",
-               "--rerlhf-methods", "oracle,random,bradley_terry"]
+               "--rerlhf-methods", "oracle,random,bradley_terry", "--rerlhf-normalisation", "affine"]
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # The first screen is the plan, not library noise: no third-party progress bar or FutureWarning on the console.
@@ -255,7 +255,8 @@ def test_bench_run_smoke_writes_a_leaderboard_with_every_method(smoke, tmp_path)
     summary = board["task_summary"]["detox"]
     base_eval = summary["test"]["eval"]["base"]["mean_toxicity"]["value"]
     oracle = realigned["oracle"]
-    # The oracle re-runs the expert recipe with R*: it detoxifies about as much as the expert did.
+    # The oracle re-runs the expert recipe with R* on the calibrated scale (affine: R*'s own scale on π₀'s samples,
+    # which per-batch z-scoring is not): it detoxifies about as much as the expert did.
     assert oracle["policy"]["judges"]["eval"]["mean_toxicity"]["value"] < base_eval - 0.02
     assert oracle["comparison"]["eval"]["mean_toxicity"]["recovery_ratio"]["ci"][0] > 0.5
     assert (oracle["comparison"]["eval"]["mean_toxicity"]["recovery_ratio"]["value"]

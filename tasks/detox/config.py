@@ -159,7 +159,7 @@ PROFILES = {
     "smoke": Profile(
         "seconds: a tiny GPT-2 trained here on the RTP prompts, 80 prompts, RLOO (beta 0.1) on all weights", {
             "base_model": TINY, "n_prompts": 80, "completions_per_prompt": 2, "max_new_tokens": 12,
-            "rl_max_new_tokens": 12, "rl_steps": 30, "rl_lr": 2e-3, "rl_beta": 0.1, "lora_r": 0,
+            "rl_max_new_tokens": 12, "rl_steps": 60, "rl_lr": 2e-3, "rl_beta": 0.1, "lora_r": 0,
             "rl_prompts_per_step": 8,
             "rl_generations": 4, "gen_batch_size": 64, "tiny_steps": 300, "feature_max_length": 64,
             "bon_samples": 8}),
