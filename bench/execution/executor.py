@@ -1,6 +1,6 @@
-"""The Tune executor: the only place that starts Ray. It runs a list of trial specs through one trial function
-(a module-level `fn(spec_json, result_path) -> result`, e.g. fit trials or a task's re-alignment trials), each trial
-writing its own result file; the runs directory, not Ray, is the source of truth."""
+"""The Tune executor: the only place that starts Ray. It runs lists of trial specs, each list through its own trial
+function (a module-level `fn(spec_json, result_path) -> result`, e.g. fit trials or a task's re-alignment trials), as
+one Tune run, each trial writing its own result file; the runs directory, not Ray, is the source of truth."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import itertools
 import logging
 import os
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,17 @@ from bench.storage.artifacts import content_hash
 from bench.storage.results import record_failures
 
 TrialFn = Callable[[dict, Path], dict]
+
+
+@dataclass(frozen=True)
+class TrialBatch:
+    """Specs (each with `trial_id` and `to_json`) run through one trial function, each writing
+    `<results_dir>/<trial_id>.json`; `progress` is called as each of them ends."""
+
+    specs: list
+    trial_fn: TrialFn
+    results_dir: Path
+    progress: Callable[[], None] | None = None
 
 
 def init_ray(address: str | None, gpus_per_trial: float) -> None:
@@ -51,9 +63,9 @@ def init_ray(address: str | None, gpus_per_trial: float) -> None:
         )
 
 
-# Tune pickles its callbacks, so a callback holds only a number; the driver-side function it calls lives here, and
-# so do the errors of the trials it saw fail: {listener: {result path: cause}}.
-_ON_TRIAL_DONE: dict[int, Callable[[], None]] = {}
+# Tune pickles its callbacks, so a callback holds only a number; the driver-side function it calls (with the ended
+# trial's config) lives here, and so do the errors of the trials it saw fail: {listener: {result path: cause}}.
+_ON_TRIAL_DONE: dict[int, Callable[[dict], None]] = {}
 _TRIAL_ERRORS: dict[int, dict[str, str]] = {}
 _listener_ids = itertools.count()
 # How often Tune starts a trial again after its worker died (killed, e.g. by the out-of-memory killer) or its result
@@ -62,10 +74,10 @@ RETRIES = 1
 
 
 class TrialDone(tune.Callback):
-    """Calls a driver-side function (e.g. advance a progress bar) whenever a trial completes or fails, and keeps
-    the cause of each failed trial."""
+    """Calls a driver-side function with the trial's config (e.g. to advance a progress bar) whenever a trial
+    completes or fails, and keeps the cause of each failed trial."""
 
-    def __init__(self, on_done: Callable[[], None] | None):
+    def __init__(self, on_done: Callable[[dict], None] | None):
         self.listener = next(_listener_ids)
         _TRIAL_ERRORS[self.listener] = {}
         if on_done is not None:
@@ -73,7 +85,7 @@ class TrialDone(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if self.listener in _ON_TRIAL_DONE:
-            _ON_TRIAL_DONE[self.listener]()
+            _ON_TRIAL_DONE[self.listener](trial.config)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         _TRIAL_ERRORS.setdefault(self.listener, {})[trial.config["trial"]["result_path"]] = failure_cause(trial)
@@ -112,12 +124,12 @@ def _pickled_error(trial):
     return trial.get_pickled_error()
 
 
-def _trainable(trial_fn: TrialFn):
+def _trainable(trial_fns: list[TrialFn]):
     def trainable(config: dict) -> None:
         """One Ray Tune trial (runs in a Ray worker)."""
         trial = config["trial"]
         torch.set_num_threads(max(1, int(trial["threads"])))
-        result = trial_fn(trial["spec"], Path(trial["result_path"]))
+        result = trial_fns[trial["batch"]](trial["spec"], Path(trial["result_path"]))
         tune.report({"ok": result["status"] == "ok",
                      "val_pair_accuracy": result.get("val_pair_accuracy", float("nan")),
                      "seconds": result.get("seconds", float("nan"))})
@@ -149,28 +161,48 @@ def tracker_callbacks(tracker: str | None, results_dir: Path, experiment: str) -
 
 def execute(specs: list, trial_fn: TrialFn, results_dir: Path, *, address=None, gpus_per_trial=None,
             cpus_per_trial=1, progress: Callable[[], None] | None = None, tracker: str | None = None) -> None:
-    """Run each spec (with `trial_id` and `to_json`) as a Ray Tune trial of `trial_fn`; each writes its own result
-    file `<results_dir>/<trial_id>.json`. A trial whose worker died is started once more; one that still fails
-    without a result file gets one recording it as failed, with the cause (`record_failures`), and the run goes on.
-    A trial that never started (the run was interrupted) gets no file."""
-    if not specs:
+    """Run each spec (with `trial_id` and `to_json`) as a Ray Tune trial of `trial_fn`: `execute_batches` with one
+    batch."""
+    execute_batches([TrialBatch(specs, trial_fn, results_dir, progress)], address=address,
+                    gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, tracker=tracker)
+
+
+def execute_batches(batches: list[TrialBatch], *, address=None, gpus_per_trial=None, cpus_per_trial=1,
+                    tracker: str | None = None) -> None:
+    """Run every spec of every batch as a trial of one Ray Tune run, in the order given, each writing its own result
+    file. One run rather than one per batch, so that a later batch's trials take the cores an earlier batch's long
+    trial leaves idle. A trial whose worker died is started once more; one that still fails without a result file
+    gets one recording it as failed, with the cause (`record_failures`), and the run goes on. A trial that never
+    started (the run was interrupted) gets no file. The batches' results directories share a parent (the run group),
+    under which Tune keeps its own files (`ray/`)."""
+    batches = [b for b in batches if b.specs]
+    if not batches:
         return
     gpus_per_trial = gpu_share(gpus_per_trial, address)
     init_ray(address, gpus_per_trial)
-    results_dir = results_dir.resolve()  # Tune runs each trial in its own working directory
-    experiment = f"{results_dir.parent.parent.name}-{results_dir.parent.name}"  # <task>-<group>
-    space = [{"spec": s.to_json(), "result_path": str(results_dir / f"{s.trial_id}.json"), "threads": cpus_per_trial}
-             for s in specs]
-    done = TrialDone(progress)
+    results_dirs = [b.results_dir.resolve() for b in batches]  # Tune runs each trial in its own working directory
+    group = results_dirs[0].parent
+    experiment = f"{group.parent.name}-{group.name}"  # <task>-<group>
+    space = [{"spec": s.to_json(), "result_path": str(results_dir / f"{s.trial_id}.json"), "threads": cpus_per_trial,
+              "batch": index}
+             for index, (batch, results_dir) in enumerate(zip(batches, results_dirs)) for s in batch.specs]
+
+    def ended(config: dict) -> None:
+        progress = batches[config["trial"]["batch"]].progress
+        if progress is not None:
+            progress()
+
+    done = TrialDone(ended)
+    trial_ids = [s.trial_id for b in batches for s in b.specs]
     tuner = tune.Tuner(
-        tune.with_resources(_trainable(trial_fn), {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
+        tune.with_resources(_trainable([b.trial_fn for b in batches]), {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
         param_space={"trial": tune.grid_search(space)},
         tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=tune.RunConfig(
-            name=f"run-{content_hash([s.trial_id for s in specs], 12)}",
-            storage_path=str((results_dir.parent / "ray").resolve()),
+            name=f"run-{content_hash(trial_ids, 12)}",
+            storage_path=str(group / "ray"),
             verbose=0,
-            callbacks=[done, *tracker_callbacks(tracker, results_dir, experiment)],
+            callbacks=[done, *tracker_callbacks(tracker, results_dirs[0], experiment)],
             failure_config=tune.FailureConfig(max_failures=RETRIES),
         ),
     )
@@ -178,4 +210,7 @@ def execute(specs: list, trial_fn: TrialFn, results_dir: Path, *, address=None, 
         tuner.fit()
     except (EOFError, pickle.UnpicklingError):
         pass  # Ray could not read back a trial's stored error (a full disk): the failure is recorded below
-    record_failures(specs, results_dir, _TRIAL_ERRORS.pop(done.listener, {}))
+    errors = _TRIAL_ERRORS.pop(done.listener, {})
+    _ON_TRIAL_DONE.pop(done.listener, None)
+    for batch, results_dir in zip(batches, results_dirs):
+        record_failures(batch.specs, results_dir, errors)

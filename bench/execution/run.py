@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from bench import config as configs
 from bench import provenance, registry
@@ -13,7 +14,7 @@ from bench.errors import BadInput, RuntimeFailure
 from bench.execution import plan as preview
 from bench.execution.fit_trial import run_fit_trial
 from bench.execution.plan import check_resources, check_tracker
-from bench.progress import progress_bar
+from bench.progress import Stages
 from bench.reporting import document as leaderboard
 from bench.storage.artifacts import atomic_write_json, cache_for, content_hash, file_lock
 from bench.storage.frozen import MAIN_HEAD, class_group, load_frozen
@@ -187,15 +188,15 @@ def execute_plan(p: RunPlan, console) -> dict:
 def _run_group(p: RunPlan, data, group_dir: Path, console) -> dict:
     req, task_ref = p.request, data.ref
     specs = preview.fit_specs(p, task_ref)
-    _run_pending("trials", [s for group in specs.values() for s in group], group_dir / "trials", run_fit_trial,
-                 req, console)
+    kinds = [TrialKind("trials", [s for group in specs.values() for s in group], group_dir / "trials", run_fit_trial)]
     realign_specs = preview.realign_specs(p, specs)
     if realign_specs:
         hook = p.task.realignment
         # Seed-major order: every method's seed-0 re-alignment finishes before any seed 1, so a run cut short
         # (each costs tens of CPU minutes) still leaves a complete table.
         seed_major = [group[i] for i in range(req.rerlhf_seeds) for group in realign_specs.values()]
-        _run_pending(hook.describe(p.rerlhf), seed_major, group_dir / "rerlhf", hook.run_trial, req, console)
+        kinds.append(TrialKind(hook.describe(p.rerlhf), seed_major, group_dir / "rerlhf", hook.run_trial))
+    _run_pending(kinds, req, console)
 
     selection = Selection(
         task_data=data,
@@ -219,21 +220,39 @@ def _run_group(p: RunPlan, data, group_dir: Path, console) -> dict:
     return doc
 
 
-def _run_pending(what: str, specs: list, results_dir: Path, trial_fn, req: RunRequest, console) -> None:
-    """Run the specs whose result is missing or failed, as Ray Tune trials; raise if any is left unfinished."""
-    from bench.execution.executor import execute  # Ray loads only when trials run: a --dry-run never starts it
+@dataclass(frozen=True)
+class TrialKind:
+    """The trials of one kind a run needs (fits, or the task's re-alignments): their specs, where their results go and
+    the function that runs one."""
 
-    results_dir.mkdir(parents=True, exist_ok=True)
-    pending = unfinished(specs, results_dir)
-    console.print(f"{len(specs)} {what}: {len(specs) - len(pending)} reused, {len(pending)} to run")
-    if not pending:
+    what: str
+    specs: list
+    results_dir: Path
+    trial_fn: Callable[[dict, Path], dict]
+
+
+def _run_pending(kinds: list[TrialKind], req: RunRequest, console) -> None:
+    """Run the specs whose result is missing or failed, of every kind in one Ray Tune run (fits first), so that a
+    re-alignment takes the core a long fit leaves idle (a re-alignment refits its reward, needing no fit's result);
+    raise if any is left unfinished."""
+    from bench.execution.executor import TrialBatch, execute_batches  # Ray loads only when trials run (not --dry-run)
+
+    pending = {}
+    for kind in kinds:
+        kind.results_dir.mkdir(parents=True, exist_ok=True)
+        pending[kind.what] = unfinished(kind.specs, kind.results_dir)
+        console.print(f"{len(kind.specs)} {kind.what}: {len(kind.specs) - len(pending[kind.what])} reused, "
+                      f"{len(pending[kind.what])} to run")
+    if not any(pending.values()):
         return
-    with progress_bar(what, len(pending), console) as advance:
-        execute(pending, trial_fn, results_dir, address=req.address, gpus_per_trial=req.gpus_per_trial,
-                progress=advance, tracker=req.tracker)
-    missing = [s for s in pending if read_result(results_dir / f"{s.trial_id}.json") is None]
-    if missing:  # Tune stops gracefully on Ctrl-C; leave no leaderboard built from a partial run
-        raise RuntimeFailure(
-            f"the run stopped before {len(missing)} of its {what} finished (interrupted?); finished ones are "
-            f"kept: rerun the same command to complete it."
-        )
+    with Stages(console=console) as stages:
+        batches = [TrialBatch(pending[k.what], k.trial_fn, k.results_dir, stages.stage(k.what, len(pending[k.what])))
+                   for k in kinds if pending[k.what]]
+        execute_batches(batches, address=req.address, gpus_per_trial=req.gpus_per_trial, tracker=req.tracker)
+    for kind in kinds:
+        missing = [s for s in pending[kind.what] if read_result(kind.results_dir / f"{s.trial_id}.json") is None]
+        if missing:  # Tune stops gracefully on Ctrl-C; leave no leaderboard built from a partial run
+            raise RuntimeFailure(
+                f"the run stopped before {len(missing)} of its {kind.what} finished (interrupted?); finished ones "
+                f"are kept: rerun the same command to complete it."
+            )

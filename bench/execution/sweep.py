@@ -204,7 +204,7 @@ def _run_tune(items, sweep_dir: Path, req: SweepRequest, console, name: str) -> 
             param_space={"item": tune.grid_search(items)},
             tune_config=tune.TuneConfig(metric=req.metric, mode="max", scheduler=scheduler, reuse_actors=True),
             run_config=tune.RunConfig(name=name, storage_path=str(sweep_dir / "ray"), verbose=0,
-                                      callbacks=[TrialDone(advance), _RecordConfigs()]),
+                                      callbacks=[TrialDone(lambda config: advance()), _RecordConfigs()]),
         )
         tuner.fit()
 
