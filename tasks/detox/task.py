@@ -6,6 +6,7 @@ from __future__ import annotations
 from bench.data import TaskData, TaskRef
 from bench.lm.judges import JudgeReward, make_judge
 from bench.lm.logprob_memo import memoised
+from bench.lm.outcomes import release_memory
 from bench.lm.policies import Policy
 from bench.lm.realign_trial import REALIGNMENT
 from bench.progress import Stages
@@ -34,8 +35,12 @@ class Detox(Task):
             build = stages.Build(cfg, cache, display)
             for stage in STAGES:
                 stage(build)
-        art = build.artifacts
-        return TaskData(self.name, profile, str(cache.root), art["demos"].key, art["truth"].key, task_summary(build),
+        art, summary = build.artifacts, task_summary(build)
+        # The build's models (the expert's trainer among them, in TRL's reference cycles) are done: give their
+        # memory back before the trials start beside this process.
+        del build, display
+        release_memory()
+        return TaskData(self.name, profile, str(cache.root), art["demos"].key, art["truth"].key, summary,
                         artifacts={"policies": art["policies"].key, "samples": art["samples"].key,
                                    "features": art["features"].key, "rerlhf": art["rerlhf"].key,
                                    "pool": art["pool"].key, "pool_truth": art["pool_truth"].key,
