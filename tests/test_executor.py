@@ -13,7 +13,8 @@ import pytest
 SCRIPT = textwrap.dedent('''
     import json, sys, time
     from pathlib import Path
-    from bench.execution.executor import TrialBatch, execute_batches
+    from bench.execution.executor import execute_batches
+    from bench.execution.plan import TrialBatch
     from bench.storage.results import write_result
 
     class Spec:
@@ -47,8 +48,10 @@ SCRIPT = textwrap.dedent('''
         return advance
 
     execute_batches([
-        TrialBatch([Spec("long", flag), Spec("short", flag)], fit, work / "group" / "trials", counter("fits")),
-        TrialBatch([Spec("r0", flag), Spec("r1", flag)], realign, work / "group" / "rerlhf", counter("realign")),
+        TrialBatch("fits", [Spec("long", flag), Spec("short", flag)], fit, work / "group" / "trials",
+               counter("fits")),
+        TrialBatch("re-alignments", [Spec("r0", flag), Spec("r1", flag)], realign, work / "group" / "rerlhf",
+               counter("realign")),
     ])
     print(json.dumps(ended))
 ''')

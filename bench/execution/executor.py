@@ -8,7 +8,6 @@ import itertools
 import logging
 import os
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -16,22 +15,11 @@ import torch
 from ray import tune
 
 from bench.errors import BadInput
-from bench.execution.plan import check_resources, gpu_share  # noqa: F401 (validation lives with the plan)
+from bench.execution.plan import TrialBatch, check_resources, gpu_share  # noqa: F401 (validation lives with the plan)
 from bench.storage.artifacts import content_hash
 from bench.storage.results import record_failures
 
 TrialFn = Callable[[dict, Path], dict]
-
-
-@dataclass(frozen=True)
-class TrialBatch:
-    """Specs (each with `trial_id` and `to_json`) run through one trial function, each writing
-    `<results_dir>/<trial_id>.json`; `progress` is called as each of them ends."""
-
-    specs: list
-    trial_fn: TrialFn
-    results_dir: Path
-    progress: Callable[[], None] | None = None
 
 
 def init_ray(address: str | None, gpus_per_trial: float) -> None:
@@ -163,7 +151,7 @@ def execute(specs: list, trial_fn: TrialFn, results_dir: Path, *, address=None, 
             cpus_per_trial=1, progress: Callable[[], None] | None = None, tracker: str | None = None) -> None:
     """Run each spec (with `trial_id` and `to_json`) as a Ray Tune trial of `trial_fn`: `execute_batches` with one
     batch."""
-    execute_batches([TrialBatch(specs, trial_fn, results_dir, progress)], address=address,
+    execute_batches([TrialBatch("trials", specs, trial_fn, results_dir, progress)], address=address,
                     gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, tracker=tracker)
 
 

@@ -12,6 +12,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -68,6 +69,18 @@ class Preview:
             return None
         trials = sum(n * each for n, each in work if n)
         return sum(build) + trials / (self.cpus or 1)
+
+
+@dataclass(frozen=True)
+class TrialBatch:
+    """Trials of one kind (`what`: fits, or a task's re-alignments): specs (each with `trial_id` and `to_json`) run
+    through one trial function, each writing `<results_dir>/<trial_id>.json`; `progress` is called as each ends."""
+
+    what: str
+    specs: list
+    trial_fn: Callable[[dict, Path], dict]
+    results_dir: Path
+    progress: Callable[[], None] | None = None
 
 
 def gpu_share(requested: float | None, address: str | None) -> float:

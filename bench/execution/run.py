@@ -4,9 +4,8 @@ leaderboard. Input is checked before anything is written; a rerun reuses every f
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from bench import config as configs
 from bench import provenance, registry
@@ -188,14 +187,15 @@ def execute_plan(p: RunPlan, console) -> dict:
 def _run_group(p: RunPlan, data, group_dir: Path, console) -> dict:
     req, task_ref = p.request, data.ref
     specs = preview.fit_specs(p, task_ref)
-    kinds = [TrialKind("trials", [s for group in specs.values() for s in group], group_dir / "trials", run_fit_trial)]
+    kinds = [preview.TrialBatch("trials", [s for group in specs.values() for s in group], run_fit_trial,
+                                group_dir / "trials")]
     realign_specs = preview.realign_specs(p, specs)
     if realign_specs:
         hook = p.task.realignment
         # Seed-major order: every method's seed-0 re-alignment finishes before any seed 1, so a run cut short
         # (each costs tens of CPU minutes) still leaves a complete table.
         seed_major = [group[i] for i in range(req.rerlhf_seeds) for group in realign_specs.values()]
-        kinds.append(TrialKind(hook.describe(p.rerlhf), seed_major, group_dir / "rerlhf", hook.run_trial))
+        kinds.append(preview.TrialBatch(hook.describe(p.rerlhf), seed_major, hook.run_trial, group_dir / "rerlhf"))
     _run_pending(kinds, req, console)
 
     selection = Selection(
@@ -220,39 +220,28 @@ def _run_group(p: RunPlan, data, group_dir: Path, console) -> dict:
     return doc
 
 
-@dataclass(frozen=True)
-class TrialKind:
-    """The trials of one kind a run needs (fits, or the task's re-alignments): their specs, where their results go and
-    the function that runs one."""
+def _run_pending(kinds: list, req: RunRequest, console) -> None:
+    """Run the specs whose result is missing or failed, of every kind (a `TrialBatch` each) in one Ray Tune run (fits
+    first), so that a re-alignment takes the core a long fit leaves idle (a re-alignment refits its reward, needing no
+    fit's result); raise if any is left unfinished."""
+    from bench.execution.executor import execute_batches  # Ray loads only when trials run: a --dry-run never starts it
 
-    what: str
-    specs: list
-    results_dir: Path
-    trial_fn: Callable[[dict, Path], dict]
-
-
-def _run_pending(kinds: list[TrialKind], req: RunRequest, console) -> None:
-    """Run the specs whose result is missing or failed, of every kind in one Ray Tune run (fits first), so that a
-    re-alignment takes the core a long fit leaves idle (a re-alignment refits its reward, needing no fit's result);
-    raise if any is left unfinished."""
-    from bench.execution.executor import TrialBatch, execute_batches  # Ray loads only when trials run (not --dry-run)
-
-    pending = {}
+    pending = []
     for kind in kinds:
         kind.results_dir.mkdir(parents=True, exist_ok=True)
-        pending[kind.what] = unfinished(kind.specs, kind.results_dir)
-        console.print(f"{len(kind.specs)} {kind.what}: {len(kind.specs) - len(pending[kind.what])} reused, "
-                      f"{len(pending[kind.what])} to run")
-    if not any(pending.values()):
+        pending.append(replace(kind, specs=unfinished(kind.specs, kind.results_dir)))
+        console.print(f"{len(kind.specs)} {kind.what}: {len(kind.specs) - len(pending[-1].specs)} reused, "
+                      f"{len(pending[-1].specs)} to run")
+    pending = [batch for batch in pending if batch.specs]
+    if not pending:
         return
     with Stages(console=console) as stages:
-        batches = [TrialBatch(pending[k.what], k.trial_fn, k.results_dir, stages.stage(k.what, len(pending[k.what])))
-                   for k in kinds if pending[k.what]]
-        execute_batches(batches, address=req.address, gpus_per_trial=req.gpus_per_trial, tracker=req.tracker)
-    for kind in kinds:
-        missing = [s for s in pending[kind.what] if read_result(kind.results_dir / f"{s.trial_id}.json") is None]
+        execute_batches([replace(batch, progress=stages.stage(batch.what, len(batch.specs))) for batch in pending],
+                        address=req.address, gpus_per_trial=req.gpus_per_trial, tracker=req.tracker)
+    for batch in pending:
+        missing = [s for s in batch.specs if read_result(batch.results_dir / f"{s.trial_id}.json") is None]
         if missing:  # Tune stops gracefully on Ctrl-C; leave no leaderboard built from a partial run
             raise RuntimeFailure(
-                f"the run stopped before {len(missing)} of its {kind.what} finished (interrupted?); finished ones "
+                f"the run stopped before {len(missing)} of its {batch.what} finished (interrupted?); finished ones "
                 f"are kept: rerun the same command to complete it."
             )

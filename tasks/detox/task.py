@@ -38,7 +38,7 @@ class Detox(Task):
         art, summary = build.artifacts, task_summary(build)
         # The build's models (the expert's trainer among them, in TRL's reference cycles) are done: give their
         # memory back before the trials start beside this process.
-        del build, display
+        del build
         release_memory()
         return TaskData(self.name, profile, str(cache.root), art["demos"].key, art["truth"].key, summary,
                         artifacts={"policies": art["policies"].key, "samples": art["samples"].key,
