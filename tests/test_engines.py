@@ -31,8 +31,10 @@ from bench.lm.bf16 import (
     CastMemo,
     LoopSampler,
     PreallocatedLayer,
+    cache_argument,
     fast_bf16_hardware,
     inverse_cdf,
+    kv_cache,
     preallocate,
 )
 from bench.lm.compiled import CompiledSampler
@@ -311,7 +313,7 @@ def test_preallocated_cache_gives_exactly_the_concatenating_caches_logits(traine
     with torch.no_grad():
         for swap in (False, True):
             out = policy.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-            cache, rows = out.cache, mask.repeat_interleave(3, 0)
+            cache, rows = kv_cache(out), mask.repeat_interleave(3, 0)
             cache.batch_repeat_interleave(3)
             if swap:
                 preallocate(cache, 6)
@@ -319,8 +321,8 @@ def test_preallocated_cache_gives_exactly_the_concatenating_caches_logits(traine
             for step in range(6):
                 rows = torch.cat([rows, torch.ones_like(rows[:, :1])], 1)
                 step_logits = policy.model(input_ids=(token + step)[:, None], attention_mask=rows,
-                                           position_ids=rows.sum(-1, keepdim=True) - 1, cache=cache,
-                                           use_cache=True).logits[:, -1]
+                                           position_ids=rows.sum(-1, keepdim=True) - 1, use_cache=True,
+                                           **cache_argument(policy.model, cache)).logits[:, -1]
                 steps.append(step_logits)
                 token = step_logits.argmax(-1)
             logits.append(torch.stack(steps))

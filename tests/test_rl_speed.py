@@ -97,8 +97,10 @@ def test_the_settings_reach_trl_and_a_bf16_run_saves_an_fp32_model(tiny_lm_dir, 
         unwrapped = self.accelerator.unwrap_model(model)
         frozen = {p.dtype for name, p in unwrapped.named_parameters() if name.endswith("base_layer.weight")}
         adapters = {p.dtype for p in unwrapped.parameters() if p.requires_grad}
-        seen["loss"].append((self.args.bf16, self.accelerator.mixed_precision, unwrapped.is_activation_checkpointing,
-                             frozen, adapters))
+        checkpointing = getattr(unwrapped, "is_activation_checkpointing", None)  # transformers < 5.2x: the old name
+        if checkpointing is None:
+            checkpointing = unwrapped.is_gradient_checkpointing
+        seen["loss"].append((self.args.bf16, self.accelerator.mixed_precision, checkpointing, frozen, adapters))
         return compute_loss(self, model, inputs, *args, **kwargs)
 
     monkeypatch.setattr(RLOOTrainer, "_generate_single_turn", spy_generate)

@@ -23,6 +23,8 @@ once into oneDNN's blocked layout (`pack`) instead of on every product.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
@@ -148,6 +150,19 @@ class PreallocatedLayer(DynamicLayer):
         return self.length
 
 
+def cache_argument(model: torch.nn.Module, cache) -> dict:
+    """The KV cache as `model`'s forward takes it: transformers 5.2x renamed `past_key_values` to `cache` (the
+    project allows any 5.x, and a GPU image may ship an older one)."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+def kv_cache(output):
+    """The KV cache a forward returned, under either name (see `cache_argument`)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
+
+
 def preallocate(cache, extra: int) -> None:
     """Swap each plain `DynamicLayer` of a filled cache for a `PreallocatedLayer` with room for `extra` more
     positions (sliding-window and other layer kinds stay as they are)."""
@@ -210,7 +225,7 @@ class LoopSampler:
         ids, mask = self.policy._left_pad(rows)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        cache = out.cache
+        cache = kv_cache(out)
         if n > 1:
             cache.batch_repeat_interleave(n)
             mask = mask.repeat_interleave(n, 0)
@@ -227,7 +242,7 @@ class LoopSampler:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             out = model(input_ids=token[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
-                        cache=cache, use_cache=True)
+                        use_cache=True, **cache_argument(model, cache))
             logits = out.logits[:, -1].float()
         return torch.stack(tokens, 1).tolist()
 

@@ -38,7 +38,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from bench.errors import BadInput, RuntimeFailure
-from bench.lm.bf16 import BF16Linear, LoopSampler
+from bench.lm.bf16 import BF16Linear, LoopSampler, cache_argument, kv_cache
 from bench.lm.policies import Policy
 
 ATTENTION = "bench_decode"  # the name this module registers its attention under (transformers' AttentionInterface)
@@ -183,8 +183,9 @@ class CompiledSampler(LoopSampler):
         # One graph for every width; widths stop short of the capacity (which holds prompt + max_new_tokens).
         torch._dynamo.mark_dynamic(window, 3, min=2, max=mask.shape[1] - 1)
         with inductor_config.patch(freezing=True):
-            out = self.step(input_ids=token[:, None], attention_mask=window,
-                            position_ids=mask.sum(-1, keepdim=True) - 1, cache=cache, use_cache=True)
+            positions = mask.sum(-1, keepdim=True) - 1
+            out = self.step(input_ids=token[:, None], attention_mask=window, position_ids=positions, use_cache=True,
+                            **cache_argument(self.policy.model, cache))
         self.compile_seconds.setdefault(tuple(mask.shape), time.perf_counter() - clock)
         return out.logits
 
@@ -195,7 +196,7 @@ class CompiledSampler(LoopSampler):
         ids, mask = self.policy._left_pad(rows)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        prefill = out.cache
+        prefill = kv_cache(out)
         if n > 1:
             prefill.batch_repeat_interleave(n)
             mask = mask.repeat_interleave(n, 0)

@@ -28,6 +28,7 @@ made before they existed stay valid.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -184,7 +185,6 @@ def train_policy(out: Path, base_dir: str, reward_fn, prompts: list[str], recipe
         logging_steps=1,
         use_cpu=not torch.cuda.is_available(),
         bf16=recipe.precision == "bf16",  # accelerate's autocast around TRL's forward passes
-        activation_checkpointing=recipe.gradient_checkpointing,  # TRL 1.16 defaults to True
         report_to="none",
         save_strategy="no",
         disable_tqdm=True,
@@ -201,7 +201,10 @@ def train_policy(out: Path, base_dir: str, reward_fn, prompts: list[str], recipe
         Trainer = _bf16_rollouts(Trainer)
     if recipe.one_policy_pass:
         Trainer = one_policy_pass(Trainer)
-    args = Config(**common)
+    # TRL 1.16 checkpoints activations by default; transformers 5.2x renamed the switch (the old name warns there)
+    fields = {f.name for f in dataclasses.fields(Config)}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    args = Config(**common, **{checkpointing: recipe.gradient_checkpointing})
     peft_config = None
     if recipe.lora_r > 0:
         from peft import LoraConfig
