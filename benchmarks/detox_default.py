@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -37,17 +38,22 @@ task = registry.get_task("detox")
 profile, cache_root, out = sys.argv[1], sys.argv[2], sys.argv[3]
 events = []
 start = time.time()
+def stages():
+    out, last = [], 0.0
+    for e in events:
+        out.append({"stage": e["stage"], "seconds": round(e["end"] - last, 2), "units": e["units"]})
+        last = e["end"]
+    return out, last
 def progress(stage, done, total):
     if done == total:
         events.append({"stage": stage, "end": time.time() - start, "units": total})
+        # the stages so far, in case the build is stopped at a time limit before it ends
+        json.dump({"finished": False, "stages": stages()[0]}, open(out, "w"), indent=1)
 data = task.build(profile, task.config(profile), ArtifactCache(cache_root), progress=progress)
 total = time.time() - start
-stages, last = [], 0.0
-for e in events:
-    stages.append({"stage": e["stage"], "seconds": round(e["end"] - last, 2), "units": e["units"]})
-    last = e["end"]
-stages.append({"stage": "(rest: prompts, loads, artifact writes)", "seconds": round(total - last, 2)})
-json.dump({"total_seconds": round(total, 2), "stages": stages,
+done, last = stages()
+done.append({"stage": "(rest: prompts, loads, artifact writes)", "seconds": round(total - last, 2)})
+json.dump({"finished": True, "total_seconds": round(total, 2), "stages": done,
            "peak_rss_mb_self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "summary": data.summary}, open(out, "w"), indent=1, default=str)
 """
@@ -70,10 +76,12 @@ def tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
-def run_measured(cmd: list[str], cwd: Path, env: dict) -> dict:
-    """Run `cmd`, sampling the resident memory of its process tree; wall time, peak tree RSS, exit code."""
+def run_measured(cmd: list[str], cwd: Path, env: dict, timeout: float | None = None) -> dict:
+    """Run `cmd`, sampling the resident memory of its process tree; wall time, peak tree RSS, exit code. Past
+    `timeout` seconds its whole process group (Ray's workers too) is killed and `timed_out` is true."""
     started = time.time()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     peak = [0.0]
     done = threading.Event()
 
@@ -84,11 +92,17 @@ def run_measured(cmd: list[str], cwd: Path, env: dict) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    output = proc.communicate()[0]
+    timed_out = False
+    try:
+        output = proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        os.killpg(proc.pid, signal.SIGKILL)
+        output = proc.communicate()[0]
     done.set()
     sampler.join()
     return {"seconds": round(time.time() - started, 2), "peak_tree_rss_mb": round(peak[0]),
-            "returncode": proc.returncode,
+            "returncode": proc.returncode, "timed_out": timed_out,
             "output_tail": output[-2000:]}
 
 
@@ -99,6 +113,8 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/detoxrun"))
     parser.add_argument("--phases", default="cold,warm,run", help="which of cold, warm, run, rerun to measure now")
     parser.add_argument("--rerlhf-methods", default="all", help="passed to bench run: which methods to re-align")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds per phase; a build stopped there reports the stages it finished")
     args = parser.parse_args()
     phases = args.phases.split(",")
     work = args.workdir.resolve()
@@ -113,11 +129,19 @@ def main() -> int:
         if phase == "cold" and cache.exists() and any(cache.iterdir()):
             print(f"note: {cache} is not empty, so the 'cold' build reuses what is there (wipe it for a cold run)")
         out = work / f"build-{phase}.json"
-        measured = run_measured([sys.executable, "-c", BUILD, args.profile, str(cache), str(out)], work, env)
-        if measured["returncode"] != 0:
+        out.unlink(missing_ok=True)
+        measured = run_measured([sys.executable, "-c", BUILD, args.profile, str(cache), str(out)], work, env,
+                                args.timeout)
+        built = json.loads(out.read_text()) if out.exists() else {"stages": []}
+        if not built.get("finished"):
+            report[f"build_{phase}"] = {"wall_seconds": measured["seconds"], "timed_out": measured["timed_out"],
+                                        "peak_tree_rss_mb": measured["peak_tree_rss_mb"],
+                                        "stages_finished": built["stages"]}
+            report_path.write_text(json.dumps(report, indent=1, default=str))
             print(measured["output_tail"])
+            print(f"{phase} build stopped after {measured['seconds']} s (timed out: {measured['timed_out']}); "
+                  f"stages finished: {built['stages']}")
             return 1
-        built = json.loads(out.read_text())
         report[f"build_{phase}"] = {"wall_seconds": measured["seconds"],
                                     "peak_tree_rss_mb": measured["peak_tree_rss_mb"],
                                     "build_seconds": built["total_seconds"], "stages": built["stages"]}

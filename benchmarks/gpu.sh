@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One-GPU benchmark, under 10 minutes: the default detox profile end to end on a cold cache, then the generation
-# benchmark, the warm rebuild and `bench run --methods all --task detox` with one re-RLHF seed of every method
-# (bench run's default), every device chosen at run time (CUDA when present). Each step has its own timeout.
+# One-GPU benchmark, under 10 minutes: the default detox profile's build on a cold cache, the warm rebuild,
+# `bench run --methods all --task detox` with one re-RLHF seed of every method (bench run's default), then the
+# generation benchmark, every device chosen at run time (CUDA when present). Each step has its own timeout; on one
+# H200 (benchmarks/results/gpu/README.md) the build took 160 s and the run about 300 s.
 #
 #   benchmarks/gpu.sh            # on the GPU machine: writes $OUT/gpu/ (or benchmarks/results/gpu/)
 #   benchmarks/gpu.sh --check    # anywhere, in a minute or two: checks tools, packages, assets and the run's plan, and
@@ -21,14 +22,15 @@ set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 PY=${PYTHON:-$REPO/.venv/bin/python}
+[[ $PY == */* ]] && PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # the run step starts it from WORK
 DEST=${OUT:+$OUT/gpu}
 DEST=${DEST:-$REPO/benchmarks/results/gpu}
 ASSETS=${ASSETS:-$REPO/runs/cache/asset}
 GPUS_PER_TRIAL=${GPUS_PER_TRIAL:-0.25}
-T_COLD=${T_COLD:-200}
-T_GEN=${T_GEN:-90}
-T_WARM=${T_WARM:-30}
-T_RUN=${T_RUN:-230}
+T_COLD=${T_COLD:-180}
+T_GEN=${T_GEN:-70}
+T_WARM=${T_WARM:-20}
+T_RUN=${T_RUN:-300}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export RAY_AUTH_MODE=disabled RAY_AIR_NEW_OUTPUT=0
 MODE=run
@@ -87,10 +89,10 @@ if [[ $MODE == check ]]; then
   cat <<EOF
 == the run would do, in a fresh WORK directory (cache WORK/runs/cache, assets copied from $ASSETS):
   1. cold build  (${T_COLD} s max)  python -m benchmarks.detox_default --workdir WORK --profile default --phases cold
-  2. generation  (${T_GEN} s max)  OMP_NUM_THREADS=8 python -m benchmarks.generation --prompts 32 --cache WORK/runs/cache \
-                                  --out $DEST/generation
-  3. warm build  (${T_WARM} s max)  python -m benchmarks.detox_default --workdir WORK --profile default --phases warm
-  4. bench run   (${T_RUN} s max)  (in WORK) python ${RUN[*]} --gpus-per-trial $GPUS_PER_TRIAL
+  2. warm build  (${T_WARM} s max)  python -m benchmarks.detox_default --workdir WORK --profile default --phases warm
+  3. bench run   (${T_RUN} s max)  (in WORK) python ${RUN[*]} --gpus-per-trial $GPUS_PER_TRIAL
+  4. generation  (${T_GEN} s max)  OMP_NUM_THREADS=8 python -m benchmarks.generation --prompts 32 --loop-prompts 4 \
+                                  --cache WORK/runs/cache --out $DEST/generation
   then DEST/detox_default.json, steps.json, env.json; ${total} s of steps at most.
 EOF
   ((problems == 0)) && echo "check: OK" || echo "check: ${problems} problem(s)"
@@ -125,19 +127,32 @@ step() {  # step NAME TIMEOUT COMMAND...: run it under its timeout, log it, reco
   echo "   exit $code after $(awk -v a="$began" -v b="$(date +%s.%N)" 'BEGIN {printf "%.0f", b - a}') s"
   tail -3 "$DEST/logs/$name.log"
 }
-step cold "$T_COLD" "$PY" -m benchmarks.detox_default --workdir "$WORK" --profile default --phases cold
-# CTranslate2 samples on the CPU (bench/lm/engines.py): give it 8 of the machine's threads, and a half workload
-step generation "$T_GEN" env OMP_NUM_THREADS=8 "$PY" -m benchmarks.generation --prompts 32 --cache "$WORK/runs/cache" \
-  --out "$DEST/generation"
-step warm "$T_WARM" "$PY" -m benchmarks.detox_default --workdir "$WORK" --profile default --phases warm
+# The headline figures first (cold build, warm rebuild, bench run), the generation benchmark last. Each build and
+# the run stop themselves 10 s before their step's limit and still report what they finished.
+step cold "$T_COLD" "$PY" -m benchmarks.detox_default --workdir "$WORK" --profile default --phases cold \
+  --timeout $((T_COLD - 10))
+step warm "$T_WARM" "$PY" -m benchmarks.detox_default --workdir "$WORK" --profile default --phases warm \
+  --timeout $((T_WARM - 5))
 step run "$T_RUN" "$PY" -c 'import json, os, sys
 from pathlib import Path
 from benchmarks.detox_default import run_measured
-work, out = Path(sys.argv[1]), Path(sys.argv[2])
-measured = run_measured(sys.argv[3:], work, dict(os.environ))
+work, out, limit = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+measured = run_measured(sys.argv[4:], work, dict(os.environ), limit)
 print(measured.pop("output_tail"))
-out.write_text(json.dumps(measured, indent=1))
-sys.exit(measured["returncode"])' "$WORK" "$DEST/bench_run.json" "$PY" "${RUN[@]}" --gpus-per-trial "$GPUS_PER_TRIAL"
+trials = []  # every trial result the run wrote, finished before any time limit
+for path in sorted((work / "runs" / "detox").glob("*/*/*.json")):
+    payload = json.loads(path.read_text()).get("payload", {})
+    if "seconds" in payload:
+        trials.append({"kind": path.parent.name, "method": payload.get("method"), "seed": payload.get("seed"),
+                       "status": payload.get("status"), "seconds": payload["seconds"],
+                       "timing": payload.get("timing")})
+measured["trials"] = trials
+out.write_text(json.dumps(measured, indent=1, default=str))
+sys.exit(measured["returncode"])' "$WORK" "$DEST/bench_run.json" $((T_RUN - 10)) "$PY" "${RUN[@]}" \
+  --gpus-per-trial "$GPUS_PER_TRIAL"
+# transformers and its bfloat16 engine on the GPU; CTranslate2 and the compiled variant where they are available
+step generation "$T_GEN" env OMP_NUM_THREADS=8 "$PY" -m benchmarks.generation --prompts 32 --loop-prompts 4 \
+  --cache "$WORK/runs/cache" --out "$DEST/generation"
 [[ -n $sampler ]] && kill "$sampler" 2>/dev/null
 sampler=""
 
