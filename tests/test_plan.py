@@ -151,3 +151,16 @@ def test_gpu_share_defaults_to_the_machines_gpus_shared_by_its_trials(monkeypatc
     assert preview.gpu_share(None, None) == 1.0  # never more than one GPU per trial
     monkeypatch.setattr(preview.torch.cuda, "device_count", lambda: 0)
     assert preview.gpu_share(None, None) == 0.0
+
+
+def test_trials_at_once_are_bounded_by_the_gpu_share(tmp_path, monkeypatch):
+    """On one GPU at 0.25 per trial Ray runs 4 trials at once however many CPUs there are, so the estimate divides
+    the trials' time by 4, not by the CPUs (an H200 with 16 CPUs was told 54 s for 4 re-alignments of 2 min each)."""
+    monkeypatch.setenv("IRL_BENCH_CPUS", "16")
+    monkeypatch.setattr(preview.torch.cuda, "device_count", lambda: 1)
+    assert preview.trial_slots(request(tmp_path, gpus_per_trial=0.25)) == 4
+    assert preview.trial_slots(request(tmp_path, gpus_per_trial=0)) == 16
+    assert preview.trial_slots(request(tmp_path)) == 16  # the default share: 1/16 of the GPU each
+    assert preview.trial_slots(request(tmp_path, address="auto")) is None
+    monkeypatch.setattr(preview.torch.cuda, "device_count", lambda: 0)
+    assert preview.trial_slots(request(tmp_path)) == 16

@@ -57,7 +57,7 @@ class Preview:
     source: str  # where the stage list and its costs came from
     stages: list[Stage] = field(default_factory=list)
     trials: list[Trials] = field(default_factory=list)
-    cpus: int | None = None  # parallel trial slots on a local run; None on a cluster
+    cpus: int | None = None  # trials at once on a local run (CPUs, or fewer when the GPUs bound it); None on a cluster
     hints: list[str] = field(default_factory=list)
 
     @property
@@ -92,6 +92,16 @@ def gpu_share(requested: float | None, address: str | None) -> float:
     gpus = 0 if address else torch.cuda.device_count()
     cpus = int(os.environ.get("IRL_BENCH_CPUS") or os.cpu_count() or 1)
     return min(1.0, gpus / cpus) if gpus else 0.0
+
+
+def trial_slots(req) -> int | None:
+    """How many trials a local run runs at once: one per CPU, and no more than the GPUs hold when trials take a GPU
+    share (on one H200 at 0.25 per trial, 4 of 16 CPUs' worth); None on a cluster."""
+    if req.address:
+        return None
+    slots = int(os.environ.get("IRL_BENCH_CPUS") or os.cpu_count() or 1)
+    share = gpu_share(req.gpus_per_trial, req.address)
+    return max(1, min(slots, int(torch.cuda.device_count() / share))) if share > 0 else slots
 
 
 def check_resources(address: str | None, gpus_per_trial: float | None) -> None:
@@ -177,8 +187,7 @@ def preview(p) -> Preview:
         if p.rerlhf != "off":
             again = [s for group in realign_specs(p, specs).values() for s in group]
             trials[1].reused = n_realign - len(unfinished(again, task_dir / p.group / "rerlhf"))
-    cpus = None if req.address else int(os.environ.get("IRL_BENCH_CPUS") or os.cpu_count() or 1)
-    plan = Preview(p.task.name, p.profile, reusable, source, stages, trials, cpus)
+    plan = Preview(p.task.name, p.profile, reusable, source, stages, trials, trial_slots(req))
     plan.hints = _hints(p, plan)
     return plan
 
@@ -211,7 +220,7 @@ def render(plan: Preview, console) -> None:
         each = f"; about {_duration(t.seconds_each)} each" if t.seconds_each is not None and t.to_run != 0 else ""
         console.print(f"  {t.total} {t.what}: {counts}{each}", highlight=False)
     seconds = plan.seconds
-    where = f" on {plan.cpus} CPU(s)" if plan.cpus else " (one trial at a time)"
+    where = f", {plan.cpus} trial(s) at a time" if plan.cpus else " (one trial at a time)"
     bound = "" if plan.data_cached else "up to "
     console.print(f"  estimated time: {bound + _duration(seconds) + where if seconds is not None else 'unknown'}",
                   highlight=False)
