@@ -253,6 +253,8 @@ def index(results: Path) -> str:
         lines += ["", "GPU figures: still to be measured. No GPU machine has run `benchmarks/gpu.sh` yet (its "
                       "`--check` mode validates it on a CPU); when one does, commit what it writes under `gpu/` and "
                       "rerun `python -m benchmarks --index`."]
+    elif (results / "gpu" / "README.md").exists():
+        lines += ["", "GPU figures: [gpu/README.md](gpu/README.md) says what `benchmarks/gpu.sh` measured and how."]
     return "\n".join(lines) + "\n"
 
 
