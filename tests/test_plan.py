@@ -162,5 +162,9 @@ def test_trials_at_once_are_bounded_by_the_gpu_share(tmp_path, monkeypatch):
     assert preview.trial_slots(request(tmp_path, gpus_per_trial=0)) == 16
     assert preview.trial_slots(request(tmp_path)) == 16  # the default share: 1/16 of the GPU each
     assert preview.trial_slots(request(tmp_path, address="auto")) is None
+    for cpus in range(1, 200):  # the default share, 1/cpus of the GPU each, fills every CPU (93: not 92.999... -> 92)
+        monkeypatch.setenv("IRL_BENCH_CPUS", str(cpus))
+        assert preview.trial_slots(request(tmp_path)) == cpus
+    monkeypatch.setenv("IRL_BENCH_CPUS", "16")
     monkeypatch.setattr(preview.torch.cuda, "device_count", lambda: 0)
     assert preview.trial_slots(request(tmp_path)) == 16

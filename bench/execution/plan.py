@@ -101,7 +101,8 @@ def trial_slots(req) -> int | None:
         return None
     slots = int(os.environ.get("IRL_BENCH_CPUS") or os.cpu_count() or 1)
     share = gpu_share(req.gpus_per_trial, req.address)
-    return max(1, min(slots, int(torch.cuda.device_count() / share))) if share > 0 else slots
+    # (+1e-9: a share of 1/93 GPU must give 93 slots, not int(92.999...))
+    return max(1, min(slots, int(torch.cuda.device_count() / share + 1e-9))) if share > 0 else slots
 
 
 def check_resources(address: str | None, gpus_per_trial: float | None) -> None:
