@@ -1,6 +1,7 @@
 """The content-addressed cache: reuse, atomicity, corruption detection."""
 
 import logging
+import sys
 
 import pytest
 
@@ -79,3 +80,25 @@ def test_locate_rewrites_recorded_paths_of_a_moved_cache(tmp_path):
     assert moved.locate(str(tmp_path / "nowhere" / "x")) == str(tmp_path / "nowhere" / "x")  # unknown: unchanged
     present = str(moved.path("model", model.key))
     assert moved.locate(present) == present
+
+
+def test_an_artifact_built_on_a_gpu_never_shares_a_key_with_a_cpu_built_one(tmp_path, monkeypatch):
+    """GPU arithmetic differs from the CPU's in the last bits, so a GPU process keys its artifacts by the GPU's
+    name (and records it in the manifest); CPU keys stay as they were; downloaded assets are the same everywhere."""
+    from types import SimpleNamespace
+
+    from bench import CODE_VERSION
+    from bench.storage.artifacts import content_hash
+
+    cache, build = ArtifactCache(tmp_path), write("x")
+    on_cpu = cache.get_or_build("samples", {"n": 1}, build)
+    assert on_cpu.key == content_hash({"kind": "samples", "inputs": {"n": 1}, "code_version": CODE_VERSION})
+    asset_on_cpu = cache.get_or_build("asset", {"n": 1}, build)
+
+    fake_torch = SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: True, get_device_name=lambda: "H200"))
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    on_gpu = cache.get_or_build("samples", {"n": 1}, build)
+    assert on_gpu.key != on_cpu.key and on_gpu.manifest["inputs"] == {"n": 1, "device": "H200"}
+    assert cache.get_or_build("asset", {"n": 1}, build) == asset_on_cpu
+    fake_torch.cuda.is_available = lambda: False  # a Ray trial the GPU is hidden from computes on the CPU
+    assert cache.get_or_build("samples", {"n": 1}, build) == on_cpu

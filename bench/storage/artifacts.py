@@ -5,6 +5,7 @@ upstream artifact keys) and the code-version salt, so changing any input gives a
 same inputs reuses the old one. Builds happen in a temporary directory that is renamed into place only when
 complete, under a file lock, so a crash or a concurrent process never exposes a partial artifact. Every reuse
 checks the files against the hashes in the manifest; a corrupted artifact is reported by name and rebuilt.
+An artifact built by a process that computes on a GPU has the GPU's name among its inputs (see `compute_device`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -48,6 +50,19 @@ def file_sha256(path: Path) -> str:
 
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a full disk, or a full quota
+DEVICE_FREE_KINDS = {"asset"}  # downloaded files: no arithmetic touches them, and a GPU machine may have no internet
+
+
+def compute_device() -> str | None:
+    """The name of the GPU this process computes on, None on a CPU. A model trained, sampled or scored on a GPU
+    differs in its last bits from the same work on a CPU (other kernels, other summation orders), so such
+    artifacts must not share a key with CPU-built ones; CPU keys stay what they always were. torch is asked only
+    if something already imported it: the storage layer never loads it (`bench leaderboard` stays light), and a
+    process without torch computes nothing on a GPU."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_name()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -115,12 +130,18 @@ class Artifact:
         return json.loads((self.path / MANIFEST).read_text())
 
 
+def keyed_inputs(kind: str, inputs: dict) -> dict:
+    """`inputs` as the key and the manifest see them: with the GPU's name when this process computes on one."""
+    device = None if kind in DEVICE_FREE_KINDS else compute_device()
+    return {**inputs, "device": device} if device else inputs
+
+
 class ArtifactCache:
     def __init__(self, root: Path | str):
         self.root = Path(root)
 
     def key(self, kind: str, inputs: dict) -> str:
-        return content_hash({"kind": kind, "inputs": inputs, "code_version": CODE_VERSION})
+        return content_hash({"kind": kind, "inputs": keyed_inputs(kind, inputs), "code_version": CODE_VERSION})
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -142,7 +163,7 @@ class ArtifactCache:
             try:
                 started = time.time()
                 build(tmp)
-                write_manifest(tmp, kind, key, inputs, seconds=time.time() - started)
+                write_manifest(tmp, kind, key, keyed_inputs(kind, inputs), seconds=time.time() - started)
                 os.replace(tmp, final)
             except BaseException as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
