@@ -95,3 +95,17 @@ def test_results_without_per_completion_scores_are_named_and_other_references_re
     other["seed"] = 5
     with pytest.raises(ValueError, match="other reference samples"):
         seed_level(rows + [other], n_boot=100)
+
+
+def test_kl_and_toxicity_intervals_stay_inside_their_ranges_when_seeds_disagree():
+    """Three RL seeds far apart make the t level overshoot (the published board had KL [−0.61, 7.32]): a KL interval
+    is cut at 0 and a toxic rate's at 0 and 1, while the recovery ratio, which has no bound, is left as it is."""
+    rng = np.random.default_rng(0)
+    rows = simulate(rng, 3, rl_sd=0.6)
+    for row, kl in zip([r for r in rows if r["method"] == "bradley_terry"], (0.1, 0.2, 9.0)):
+        n = row["items"]["n_prompts"] * row["items"]["k"]
+        row["items"]["log_ratio"] = list(kl + 0.01 * rng.standard_normal(n))
+    m = seed_level(rows, n_boot=1000)["judges"]["eval"]["methods"]["bradley_terry"]
+    assert m["kl"]["ci"][0] == 0.0 < m["kl"]["value"] < m["kl"]["ci"][1]
+    assert 0.0 <= m["toxicity"]["ci"][0] and m["toxicity"]["ci"][1] <= 1.0
+    assert m["recovery"]["ci"][0] < 0.0  # unbounded: the same overshoot is kept

@@ -49,7 +49,11 @@ def over_seeds(per_seed: np.ndarray, t_draws: np.ndarray) -> tuple[float, np.nda
     return float(means[0]), means[1:] + spread * t_draws
 
 
-def _estimate(point: float, replicates: np.ndarray) -> dict:
+def _estimate(point: float, replicates: np.ndarray, bounds: tuple[float, float] | None = None) -> dict:
+    """The point and its percentile CI; `bounds`: the quantity's range (a rate in [0, 1], KL ≥ 0), which the
+    seed level's t draws can overshoot with 3 seeds (a KL interval of [−0.61, 7.32]): the CI is cut to it."""
+    if bounds is not None:
+        replicates = np.clip(replicates, *bounds)
     lo, hi = percentile_ci(replicates)
     return {"value": round(point, 6), "ci": [round(lo, 6), round(hi, 6)]}
 
@@ -93,11 +97,11 @@ def seed_level(rows: list[dict], n_boot: int = N_BOOT, seed: int = 0, references
             recovery = recovery_ratio_value(tox0[:, None], tox, tox_e[:, None])  # (B+1, S)
             rec_point, rec_reps = over_seeds(recovery, t)
             entry = {"seeds": order, "recovery": _estimate(rec_point, rec_reps),
-                     "toxicity": _estimate(*over_seeds(tox, t)),
+                     "toxicity": _estimate(*over_seeds(tox, t), bounds=(0.0, 1.0)),
                      "recovery_per_seed": [round(float(x), 6) for x in recovery[0]]}
             if all(seeds[s].get("log_ratio") for s in order):
                 kl = weighted(np.stack([_per_prompt(seeds[s]["log_ratio"], k) for s in order]))
-                entry["kl"] = _estimate(*over_seeds(kl, t))
+                entry["kl"] = _estimate(*over_seeds(kl, t), bounds=(0.0, np.inf))
             methods[method] = entry
             recoveries[method] = (order, recovery, rec_point, rec_reps, t)
         out["judges"][judge] = {"methods": methods, "tests": _tests(recoveries, references),
@@ -147,7 +151,8 @@ def seed_lines(table: dict | None) -> list[str]:
     lines = ["", "### Re-RLHF over seeds", "",
              f"Mean over RL seeds (seed s = fit seed s + RL seed expert + s) of the recovery ratio of mean toxicity; "
              f"95% CIs from a two-level bootstrap ({table['n_boot']} resamples of the RL seeds × the "
-             f"{table['n_prompts']} evaluation prompts, prompts paired across policies). Differences in recovery "
+             f"{table['n_prompts']} evaluation prompts, prompts paired across policies; toxicity and KL intervals "
+             f"cut to their ranges, [0, 1] and ≥ 0, which the seed level can overshoot). Differences in recovery "
              f"against `random` (the null: a reward that only moves π₀) and `bradley_terry`, paired over prompts "
              f"(and over RL seeds when both have the same seeds), Holm-corrected over all comparisons of a judge; "
              f"≈ tied: corrected p ≥ {table['alpha']}. MDE: the smallest difference detectable at 80% power."]
