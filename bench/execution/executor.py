@@ -15,7 +15,7 @@ import torch
 from ray import tune
 
 from bench.errors import BadInput
-from bench.execution.plan import TrialBatch, check_resources, gpu_share  # noqa: F401 (validation lives with the plan)
+from bench.execution.plan import TrialBatch, check_resources, gpu_share, local_cpus  # noqa: F401 (validation lives with the plan)
 from bench.storage.artifacts import content_hash
 from bench.storage.results import record_failures
 
@@ -40,8 +40,7 @@ def init_ray(address: str | None, gpus_per_trial: float) -> None:
                 f"`ray start --head`, or drop --address to run locally."
             ) from None
     else:
-        cpus = int(os.environ.get("IRL_BENCH_CPUS") or os.cpu_count())  # leave cores to other work when set
-        ray.init(num_cpus=cpus, num_gpus=torch.cuda.device_count(), **kwargs)
+        ray.init(num_cpus=local_cpus(), num_gpus=torch.cuda.device_count(), **kwargs)
     available = ray.cluster_resources().get("GPU", 0)
     if gpus_per_trial > available:
         ray.shutdown()

@@ -90,8 +90,12 @@ def gpu_share(requested: float | None, address: str | None) -> float:
     if requested is not None:
         return requested
     gpus = 0 if address else torch.cuda.device_count()
-    cpus = int(os.environ.get("IRL_BENCH_CPUS") or os.cpu_count() or 1)
-    return min(1.0, gpus / cpus) if gpus else 0.0
+    return min(1.0, gpus / local_cpus()) if gpus else 0.0
+
+
+def local_cpus() -> int:
+    """The CPUs a local run uses: IRL_BENCH_CPUS when set (to leave cores to other work), else all of them."""
+    return int(os.environ.get("IRL_BENCH_CPUS") or os.cpu_count() or 1)
 
 
 def trial_slots(req) -> int | None:
@@ -99,7 +103,7 @@ def trial_slots(req) -> int | None:
     share (on one H200 at 0.25 per trial, 4 of 16 CPUs' worth); None on a cluster."""
     if req.address:
         return None
-    slots = int(os.environ.get("IRL_BENCH_CPUS") or os.cpu_count() or 1)
+    slots = local_cpus()
     share = gpu_share(req.gpus_per_trial, req.address)
     # (+1e-9: a share of 1/93 GPU must give 93 slots, not int(92.999...))
     return max(1, min(slots, int(torch.cuda.device_count() / share + 1e-9))) if share > 0 else slots

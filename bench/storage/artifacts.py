@@ -141,14 +141,19 @@ class ArtifactCache:
         self.root = Path(root)
 
     def key(self, kind: str, inputs: dict) -> str:
-        return content_hash({"kind": kind, "inputs": keyed_inputs(kind, inputs), "code_version": CODE_VERSION})
+        return self._key(kind, keyed_inputs(kind, inputs))
+
+    @staticmethod
+    def _key(kind: str, keyed: dict) -> str:
+        return content_hash({"kind": kind, "inputs": keyed, "code_version": CODE_VERSION})
 
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
     def get_or_build(self, kind: str, inputs: dict, build: Callable[[Path], None]) -> Artifact:
         """Return the verified artifact for `inputs`, building it with `build(tmp_dir)` if absent or corrupt."""
-        key = self.key(kind, inputs)
+        inputs = keyed_inputs(kind, inputs)
+        key = self._key(kind, inputs)
         final = self.path(kind, key)
         with file_lock(self.root / kind / f".{key}.lock"):
             if final.exists():
@@ -163,7 +168,7 @@ class ArtifactCache:
             try:
                 started = time.time()
                 build(tmp)
-                write_manifest(tmp, kind, key, keyed_inputs(kind, inputs), seconds=time.time() - started)
+                write_manifest(tmp, kind, key, inputs, seconds=time.time() - started)
                 os.replace(tmp, final)
             except BaseException as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
